@@ -24,6 +24,11 @@ template <class T>
 using const_matrix_map = Eigen::Map<const matrix<T>>;
 template <class T>
 using vector_map = Eigen::Map<vector<T>>;
+// Function parameters that accept a row-major Map or matrix without copying it.
+template <class T>
+using matrix_cref = Eigen::Ref<const matrix<T>>;
+template <class T>
+using matrix_ref = Eigen::Ref<matrix<T>>;
 template <class T>
 using const_vector_map = Eigen::Map<const vector<T>>;
 

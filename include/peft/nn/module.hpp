@@ -35,17 +35,17 @@ class module {
 
   // ---- registration (called by subclasses' constructors) ----
 
-  // Registers a parameter and returns a handle sharing its node. Names must be unique and
-  // contain no '.'.
+  // Registers a parameter and returns a handle sharing its node. Names must be unique; they may
+  // contain '.' (adapters use PEFT's "lora_A.weight"), module names may not.
   variable<T> register_parameter(const std::string& name, tensor<T> value, bool trainable = true) {
-    check_new_name(name, "register_parameter");
+    check_new_name(name, "register_parameter", true);
     variable<T> v(std::move(value), trainable);
     params_.emplace_back(name, v);
     return v;
   }
   // Registers an existing variable (shared with another module, e.g. tied weights).
   variable<T> register_parameter(const std::string& name, variable<T> v) {
-    check_new_name(name, "register_parameter");
+    check_new_name(name, "register_parameter", true);
     if (!v.defined()) throw value_error("register_parameter: '" + name + "' is undefined");
     params_.emplace_back(name, v);
     return v;
@@ -198,8 +198,9 @@ class module {
     std::function<void(std::shared_ptr<module>)> set;
   };
 
-  void check_new_name(const std::string& name, const char* op) const {
-    if (name.empty() || name.find('.') != std::string::npos)
+  void check_new_name(const std::string& name, const char* op, bool dots_ok = false) const {
+    if (name.empty() || (!dots_ok && name.find('.') != std::string::npos) || name.front() == '.' ||
+        name.back() == '.')
       throw value_error(std::string(op) + ": invalid name '" + name + "'");
     for (auto& [n, v] : params_)
       if (n == name) throw value_error(std::string(op) + ": duplicate name '" + name + "'");
