@@ -1,0 +1,155 @@
+// Conformance: every adapter type goes through the same checks. Adding a type = one case struct
+// (how to build it) + one entry in `all_adapters` below.
+#include <catch2/catch.hpp>
+
+#include <memory>
+#include <tuple>
+
+#include "peft/adapters/adapted_linear.hpp"
+#include "peft/adapters/lora.hpp"
+#include "peft/autograd/grad_check.hpp"
+
+using namespace peft;
+
+namespace {
+
+// A case builds an adapter for a base Linear of shape [out, in]. `W` is the base weight, which
+// inits such as PiSSA may rewrite. Flags say what the method promises.
+struct lora_case {
+  static constexpr const char* name = "lora";
+  static constexpr bool identity_at_init = true;  // Δ = 0 right after construction
+  static constexpr bool mergeable = true;         // Δ does not depend on the input
+  static std::shared_ptr<adapter<double>> make(std::size_t in, std::size_t out, tensor<double>& W) {
+    (void)W;
+    lora_config c;
+    c.r = 3;
+    c.alpha = 5;
+    return std::make_shared<lora<double>>(in, out, c);
+  }
+};
+struct rslora_case {
+  static constexpr const char* name = "rslora";
+  static constexpr bool identity_at_init = true;
+  static constexpr bool mergeable = true;
+  static std::shared_ptr<adapter<double>> make(std::size_t in, std::size_t out, tensor<double>&) {
+    lora_config c;
+    c.r = 4;
+    c.alpha = 4;
+    c.use_rslora = true;
+    return std::make_shared<lora<double>>(in, out, c, init::gaussian{});
+  }
+};
+// ---- add new cases above this line ----
+
+using all_adapters = std::tuple<lora_case, rslora_case
+                                /* ---- add new case names above this line ---- */>;
+
+struct fixture {
+  std::shared_ptr<adapted_linear<double>> layer;
+  tensor<double> W_after_init;
+};
+
+template <class Case>
+fixture build(std::size_t in = 6, std::size_t out = 5, std::uint64_t seed = 17) {
+  rng g(seed);
+  auto base = std::make_shared<nn::linear<double>>(in, out, true, g);
+  base->freeze();
+  auto a = Case::make(in, out, base->weight.value());
+  return {std::make_shared<adapted_linear<double>>(base, a), base->weight.value()};
+}
+
+// Moves every trainable parameter away from its init so that no gradient is trivially zero.
+void perturb(adapted_linear<double>& layer, std::uint64_t seed) {
+  rng g(seed);
+  for (auto& [name, v] : layer.named_parameters())
+    if (v.requires_grad())
+      for (auto& e : v.value()) e += g.normal(0.0, 0.3);
+}
+
+double max_abs_diff(const tensor<double>& a, const tensor<double>& b) {
+  return (as_vector(a) - as_vector(b)).cwiseAbs().maxCoeff();
+}
+
+}  // namespace
+
+TEMPLATE_LIST_TEST_CASE("adapter conformance", "[adapters][conformance]", all_adapters) {
+  using Case = TestType;
+  INFO("adapter: " << Case::name);
+  rng g(99);
+  auto x = constant<double>(randn<double>({2, 3, 6}, g));
+
+  SECTION("identity at init where promised") {
+    auto f = build<Case>();
+    auto y = f.layer->forward(x);
+    auto y0 = f.layer->base_layer->forward(x);
+    if constexpr (Case::identity_at_init) REQUIRE(max_abs_diff(y.value(), y0.value()) < 1e-12);
+  }
+
+  SECTION("merged output equals unmerged; unmerge restores W") {
+    if constexpr (Case::mergeable) {
+      auto f = build<Case>();
+      perturb(*f.layer, 1);
+      f.layer->eval();
+      auto y = f.layer->forward(x);
+      // Dense check of the fast path: y = x·(W + ΔW)ᵀ + b.
+      matrix<double> Wm = as_matrix(f.layer->base_layer->weight.value());
+      matrix<double> dW = f.layer->get_adapter().delta_weight(Wm);
+      matrix<double> ref = as_matrix(x.value()) * (Wm + dW).transpose();
+      ref.rowwise() += as_vector(f.layer->base_layer->bias.value()).transpose();
+      REQUIRE((as_matrix(y.value()) - ref).cwiseAbs().maxCoeff() < 1e-10);
+
+      f.layer->merge();
+      auto ym = f.layer->forward(x);
+      REQUIRE(max_abs_diff(ym.value(), y.value()) < 1e-10);
+      f.layer->unmerge();
+      REQUIRE(max_abs_diff(f.layer->base_layer->weight.value(), f.W_after_init) < 1e-12);
+      auto yu = f.layer->forward(x);
+      REQUIRE(max_abs_diff(yu.value(), y.value()) < 1e-10);
+    }
+  }
+
+  SECTION("only adapter parameters get gradients") {
+    auto f = build<Case>();
+    perturb(*f.layer, 2);
+    auto y = f.layer->forward(x);
+    y.backward(ones<double>(y.shape()));
+    REQUIRE_FALSE(f.layer->base_layer->weight.has_grad());
+    REQUIRE_FALSE(f.layer->base_layer->bias.has_grad());
+    std::size_t with_grad = 0;
+    for (auto& [name, v] : f.layer->named_parameters()) {
+      INFO(name);
+      if (v.requires_grad()) {
+        REQUIRE(v.has_grad());
+        ++with_grad;
+      } else {
+        REQUIRE_FALSE(v.has_grad());
+      }
+    }
+    REQUIRE(with_grad > 0);
+  }
+
+  SECTION("gradcheck in double (input and every trainable parameter)") {
+    auto f = build<Case>(4, 3);
+    perturb(*f.layer, 3);
+    f.layer->eval();  // no dropout noise between finite-difference evaluations
+    auto xi = parameter<double>(randn<double>({3, 4}, g));
+    std::vector<variable<double>> inputs{xi};
+    for (auto& [name, v] : f.layer->named_parameters())
+      if (v.requires_grad()) inputs.push_back(v);
+    auto r = grad_check([&](auto&) { return f.layer->forward(xi); }, inputs);
+    INFO(r.report);
+    REQUIRE(r.ok);
+  }
+
+  SECTION("state dict round-trips into a fresh layer") {
+    auto f = build<Case>();
+    perturb(*f.layer, 4);
+    f.layer->eval();
+    auto y = f.layer->forward(x);
+    auto sd = f.layer->get_state_dict();
+    auto f2 = build<Case>(6, 5, 18);  // different base init
+    f2.layer->load_state_dict(sd);
+    f2.layer->eval();
+    REQUIRE(max_abs_diff(f2.layer->forward(x).value(), y.value()) == 0.0);
+  }
+}
