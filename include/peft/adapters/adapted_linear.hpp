@@ -56,6 +56,23 @@ class adapted_linear : public nn::unary_module<T> {
 
     std::vector<variable<T>> parents{x, base_layer->weight, base_layer->bias};
     for (auto& [name, v] : adapter_->named_parameters()) parents.push_back(v);
+    if (adapter_->has_aux_loss() && ctx->delta_applied) {
+      // The auxiliary loss is its own scalar node (parents: x and the adapter's parameters).
+      std::vector<variable<T>> aux_parents{x};
+      for (auto& [name, v] : adapter_->named_parameters()) aux_parents.push_back(v);
+      tensor<T> aux = tensor<T>::from_shape({});
+      aux() = adapter_->aux_loss(*ctx);
+      last_aux_ = make_result<T>(std::move(aux), std::move(aux_parents), "adapter_aux_loss",
+                                 [ctx, a = adapter_](node<T>& self) {
+                                   node<T>& px = *self.parents[0];
+                                   const auto xm = as_matrix(std::as_const(px.value));
+                                   std::optional<matrix_ref<T>> dx;
+                                   if (px.requires_grad) dx.emplace(as_matrix(detail::grad_buffer(px)));
+                                   a->aux_backward(*self.grad.data(), xm, *ctx, dx ? &*dx : nullptr);
+                                 });
+    } else {
+      last_aux_ = variable<T>();
+    }
     return make_result<T>(std::move(y), std::move(parents), "adapted_linear",
                           [ctx, a = adapter_](node<T>& self) {
                             node<T>& px = *self.parents[0];
@@ -73,10 +90,16 @@ class adapted_linear : public nn::unary_module<T> {
                           });
   }
 
+  // The auxiliary loss of the last forward (e.g. MoE load balancing), or an undefined variable.
+  const variable<T>& last_aux_loss() const { return last_aux_; }
+
   // W ← W + ΔW. safe: compute the result first and refuse (throw, W untouched) if any entry is
   // not finite.
   void merge(bool safe = true) {
     if (merged_) throw error("adapted_linear::merge: already merged");
+    if (!adapter_->mergeable())
+      throw error("adapted_linear::merge: " + adapter_->method() +
+                  " has an input-dependent update and cannot be merged");
     auto W = as_matrix(base_layer->weight.value());
     matrix<T> d = adapter_->delta_weight(W);
     if (safe && !(W + d).allFinite())
@@ -105,6 +128,7 @@ class adapted_linear : public nn::unary_module<T> {
  private:
   std::shared_ptr<adapter<T>> adapter_;
   matrix<T> merged_delta_;
+  variable<T> last_aux_;
   bool merged_ = false;
 };
 

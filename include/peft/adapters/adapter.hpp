@@ -22,6 +22,8 @@ template <class T>
 struct adapter_ctx {
   std::vector<matrix<T>> m;
   std::vector<vector<T>> v;
+  std::vector<std::vector<std::size_t>> idx;  // row indices (routing)
+  std::vector<adapter_ctx> sub;               // contexts of nested adapters (experts)
   bool training = false;
   bool delta_applied = false;  // the adapter was enabled during forward
 };
@@ -101,6 +103,24 @@ class adapter : public nn::module<T> {
   // The dense change this adapter makes to W (merged weight − W), [out, in]. Used by merge,
   // export and tests; never on a training path.
   virtual matrix<T> delta_weight(matrix_cref<T> W) const = 0;
+
+  // Auxiliary loss produced by the last forward (MoE load balancing); adapted_linear exposes it
+  // as a variable on the tape. aux_backward adds d(aux)/d(params) · g and, when dx is non-null,
+  // d(aux)/dx · g.
+  virtual bool has_aux_loss() const { return false; }
+  virtual T aux_loss(const adapter_ctx<T>& ctx) const {
+    (void)ctx;
+    return T(0);
+  }
+  virtual void aux_backward(T g, matrix_cref<T> x, const adapter_ctx<T>& ctx, matrix_ref<T>* dx) {
+    (void)g;
+    (void)x;
+    (void)ctx;
+    (void)dx;
+  }
+
+  // Whether delta_weight() exists (an input-dependent update such as MoE cannot be merged).
+  virtual bool mergeable() const { return true; }
 
   // True when delta_weight(W) depends on W itself (DoRA), so unmerge needs the ΔW that was
   // merged rather than a recomputation from the merged weight.
