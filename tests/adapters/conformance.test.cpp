@@ -7,6 +7,7 @@
 
 #include "peft/adapters/adapted_linear.hpp"
 #include "peft/adapters/lora.hpp"
+#include "peft/adapters/moe.hpp"
 #include "peft/autograd/grad_check.hpp"
 
 using namespace peft;
@@ -39,9 +40,27 @@ struct rslora_case {
     return std::make_shared<lora<double>>(in, out, c, init::gaussian{});
   }
 };
+struct moe_case {
+  static constexpr const char* name = "moe";
+  static constexpr bool identity_at_init = true;
+  static constexpr bool mergeable = false;  // token routing: no single ΔW
+  static std::shared_ptr<adapter<double>> make(std::size_t in, std::size_t out, tensor<double>&) {
+    moe_config c;
+    c.num_experts = 3;
+    c.top_k = 2;
+    std::vector<std::shared_ptr<adapter<double>>> ex;
+    for (std::size_t e = 0; e < 3; ++e) {
+      lora_config lc;
+      lc.r = 2;
+      lc.seed = e;
+      ex.push_back(std::make_shared<lora<double>>(in, out, lc));
+    }
+    return std::make_shared<moe<double>>(in, out, c, ex);
+  }
+};
 // ---- add new cases above this line ----
 
-using all_adapters = std::tuple<lora_case, rslora_case
+using all_adapters = std::tuple<lora_case, rslora_case, moe_case
                                 /* ---- add new case names above this line ---- */>;
 
 struct fixture {
