@@ -8,6 +8,13 @@
 #include "peft/adapters/adapted_linear.hpp"
 #include "peft/adapters/lora.hpp"
 #include "peft/adapters/moe.hpp"
+#include "peft/adapters/nola.hpp"
+#include "peft/adapters/randlora.hpp"
+#include "peft/adapters/vera.hpp"
+#include "peft/adapters/dct_adapter.hpp"
+#include "peft/adapters/fourierft.hpp"
+#include "peft/adapters/lora_xs.hpp"
+#include "peft/adapters/moslora.hpp"
 #include "peft/autograd/grad_check.hpp"
 
 using namespace peft;
@@ -58,9 +65,93 @@ struct moe_case {
     return std::make_shared<moe<double>>(in, out, c, ex);
   }
 };
+// VeRA, NOLA, RandLoRA (randbases): the shared random projections live at model scope, so one
+// static shared object serves every layer the checks build (sized for the largest, 6 -> 5).
+struct vera_case {
+  static constexpr const char* name = "vera";
+  static constexpr bool identity_at_init = true;
+  static constexpr bool mergeable = true;
+  static std::shared_ptr<adapter<double>> make(std::size_t in, std::size_t out, tensor<double>&) {
+    static auto shared = std::make_shared<vera_shared<double>>(4, 8, 8, 0);
+    vera_config c;
+    c.r = 4;
+    return std::make_shared<vera<double>>(in, out, shared, c);
+  }
+};
+struct nola_case {
+  static constexpr const char* name = "nola";
+  static constexpr bool identity_at_init = true;
+  static constexpr bool mergeable = true;
+  static std::shared_ptr<adapter<double>> make(std::size_t in, std::size_t out, tensor<double>&) {
+    nola_config c;
+    c.r = 3;
+    c.num_basis_A = 5;
+    c.num_basis_B = 4;
+    c.seed = 3;
+    return std::make_shared<nola<double>>(in, out, c);
+  }
+};
+struct randlora_case {
+  static constexpr const char* name = "randlora";
+  static constexpr bool identity_at_init = true;
+  static constexpr bool mergeable = true;
+  static std::shared_ptr<adapter<double>> make(std::size_t in, std::size_t out, tensor<double>&) {
+    static auto shared = std::make_shared<randlora_shared<double>>(2, 8, 8, 0);
+    randlora_config c;
+    c.r = 2;
+    c.alpha = 2;
+    return std::make_shared<randlora<double>>(in, out, shared, c);
+  }
+};
+struct lora_xs_case {
+  static constexpr const char* name = "lora_xs";
+  static constexpr bool identity_at_init = true;  // with r_init_std = 0 (R = 0)
+  static constexpr bool mergeable = true;
+  static std::shared_ptr<adapter<double>> make(std::size_t in, std::size_t out, tensor<double>& W) {
+    lora_xs_config c;
+    c.r = 2;
+    c.alpha = 4;
+    c.r_init_std = 0;
+    return std::make_shared<lora_xs<double>>(in, out, c, W);
+  }
+};
+struct moslora_case {
+  static constexpr const char* name = "moslora";
+  static constexpr bool identity_at_init = true;
+  static constexpr bool mergeable = true;
+  static std::shared_ptr<adapter<double>> make(std::size_t in, std::size_t out, tensor<double>&) {
+    moslora_config c;
+    c.r = 3;
+    c.alpha = 6;
+    return std::make_shared<moslora<double>>(in, out, c);
+  }
+};
+struct fourierft_case {
+  static constexpr const char* name = "fourierft";
+  static constexpr bool identity_at_init = false;  // PEFT default: spectrum ~ N(0, 1)
+  static constexpr bool mergeable = true;
+  static std::shared_ptr<adapter<double>> make(std::size_t in, std::size_t out, tensor<double>&) {
+    fourierft_config c;
+    c.n_frequency = 6;
+    return std::make_shared<fourierft<double>>(in, out, c);
+  }
+};
+struct dct_case {
+  static constexpr const char* name = "dct";
+  static constexpr bool identity_at_init = true;
+  static constexpr bool mergeable = true;
+  static std::shared_ptr<adapter<double>> make(std::size_t in, std::size_t out, tensor<double>&) {
+    dct_config c;
+    c.n_frequency = 6;
+    c.scaling = 2;
+    return std::make_shared<dct_adapter<double>>(in, out, c);
+  }
+};
 // ---- add new cases above this line ----
 
 using all_adapters = std::tuple<lora_case, rslora_case, moe_case
+                                , vera_case, nola_case, randlora_case
+                                , lora_xs_case, moslora_case, fourierft_case, dct_case
                                 /* ---- add new case names above this line ---- */>;
 
 struct fixture {
