@@ -7,6 +7,7 @@
 
 #include "peft/adapters/adapted_linear.hpp"
 #include "peft/adapters/lora.hpp"
+#include "peft/adapters/dora.hpp"
 #include "peft/adapters/moe.hpp"
 #include "peft/adapters/nola.hpp"
 #include "peft/adapters/randlora.hpp"
@@ -147,11 +148,41 @@ struct dct_case {
     return std::make_shared<dct_adapter<double>>(in, out, c);
   }
 };
+// DoRA's default detached norm (paper §4.3, PEFT) is a surrogate gradient for lora_A/lora_B by
+// design, which finite differences cannot confirm; this case trains the magnitude only, and
+// tests/adapters/dora.test.cpp checks the detached A/B gradients against a constant-n composition.
+struct dora_case {
+  static constexpr const char* name = "dora";
+  static constexpr bool identity_at_init = true;  // m = ||W + dW||_c at construction
+  static constexpr bool mergeable = true;
+  static std::shared_ptr<adapter<double>> make(std::size_t in, std::size_t out, tensor<double>& W) {
+    lora_config c;
+    c.r = 3;
+    c.alpha = 5;
+    auto a = dora_lora<double>(in, out, c, W);
+    a->inner().freeze();
+    return a;
+  }
+};
+struct dora_attached_case {  // exact gradient through the norm: everything trainable
+  static constexpr const char* name = "dora_attached_norm";
+  static constexpr bool identity_at_init = true;
+  static constexpr bool mergeable = true;
+  static std::shared_ptr<adapter<double>> make(std::size_t in, std::size_t out, tensor<double>& W) {
+    lora_config c;
+    c.r = 2;
+    c.alpha = 4;
+    dora_config d;
+    d.detach_norm = false;
+    return dora_lora<double>(in, out, c, W, init::gaussian{}, d);
+  }
+};
 // ---- add new cases above this line ----
 
 using all_adapters = std::tuple<lora_case, rslora_case, moe_case
                                 , vera_case, nola_case, randlora_case
                                 , lora_xs_case, moslora_case, fourierft_case, dct_case
+                                , dora_case, dora_attached_case
                                 /* ---- add new case names above this line ---- */>;
 
 struct fixture {

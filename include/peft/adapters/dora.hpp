@@ -58,7 +58,7 @@ vector<T> dora_row_norms(matrix_cref<T> W, matrix_cref<T> Bf, matrix_cref<T> Af,
 }
 
 inline std::string dims_str(Eigen::Index r, Eigen::Index c) {
-  return "[" + std::to_string(r) + "," + std::to_string(c) + "]";
+  return shape_str(std::vector<Eigen::Index>{r, c});
 }
 }  // namespace detail
 

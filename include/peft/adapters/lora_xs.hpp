@@ -17,7 +17,8 @@
 // "lora_latent_mapping.weight" [r, r] for R: the authors attach it as an r→r Linear named
 // "<adapter>_lora_latent_mapping" ("default_lora_latent_mapping"); we drop the adapter-name
 // prefix as PEFT's saved files drop ".default". As a Linear, R acts as x_A·Rᵀ, so ΔW = s·B·R·A.
-// Hugging Face PEFT has no LoRA-XS (issue #2795 asked for it).
+// Hugging Face PEFT ships no LoRA-XS layer in the sources we checked (requested in
+// huggingface/peft#2795), so these names follow the authors' code.
 //
 // Bases: the policy init::lora_xs_svd computes an exact SVD (Eigen BDCSVD, in double) of the
 // base weight; any other lora_init policy (a randomized SVD from the init module, ...) can fill A

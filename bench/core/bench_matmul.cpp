@@ -1,0 +1,76 @@
+// GEMM throughput of peft's matmul path (the autograd op on constant variables, so no tape is
+// recorded) against Eigen's own GEMM on raw maps: the difference is what peft's wrapping
+// costs (shape checks, allocation of the output tensor, the variable handle).
+//
+//   ./bench_core_matmul --benchmark_filter='n:1024'
+//
+// Wall-clock time is used (UseRealTime) because Eigen runs the GEMM on its own OpenMP threads.
+// The FLOPS counter is 2·n³ per iteration as a rate, printed as e.g. "FLOPS=52.1G/s".
+//
+// bench-smoke-filter: /n:256/
+#include <benchmark/benchmark.h>
+
+#include <Eigen/Core>
+#include <cstdint>
+#include <vector>
+
+#include "peft/autograd/ops/matmul.hpp"
+#include "peft/autograd/variable.hpp"
+#include "peft/core/random.hpp"
+#include "peft/core/tensor.hpp"
+#include "peft/core/threads.hpp"
+
+namespace {
+
+void set_flops(benchmark::State& state, std::int64_t n) {
+  const double flops = 2.0 * double(n) * double(n) * double(n);
+  state.counters["FLOPS"] =
+      benchmark::Counter(flops * double(state.iterations()), benchmark::Counter::kIsRate);
+}
+
+void BM_Matmul(benchmark::State& state) {
+  const auto n = std::size_t(state.range(0));
+  peft::set_num_threads(int(state.range(1)));
+  peft::rng g(1);
+  const auto a = peft::constant(peft::randn<float>({n, n}, g));
+  const auto b = peft::constant(peft::randn<float>({n, n}, g));
+  for (auto _ : state) {
+    auto y = peft::matmul(a, b);
+    benchmark::DoNotOptimize(y.value().data());
+    benchmark::ClobberMemory();
+  }
+  set_flops(state, std::int64_t(n));
+}
+
+// Baseline: Eigen GEMM into a preallocated output, on maps over plain buffers.
+void BM_EigenGemm(benchmark::State& state) {
+  const auto n = Eigen::Index(state.range(0));
+  peft::set_num_threads(int(state.range(1)));
+  peft::rng g(1);
+  std::vector<float> a(std::size_t(n * n)), b(std::size_t(n * n)), c(std::size_t(n * n));
+  for (auto& v : a) v = float(g.normal());
+  for (auto& v : b) v = float(g.normal());
+  using map = Eigen::Map<Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>;
+  const map A(a.data(), n, n), B(b.data(), n, n);
+  map C(c.data(), n, n);
+  for (auto _ : state) {
+    C.noalias() = A * B;
+    benchmark::DoNotOptimize(c.data());
+    benchmark::ClobberMemory();
+  }
+  set_flops(state, std::int64_t(n));
+}
+
+void matmul_args(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"n", "threads"});
+  for (std::int64_t n : {256, 1024, 4096})
+    for (std::int64_t t : {1, 2}) b->Args({n, t});
+  b->UseRealTime()->Unit(benchmark::kMillisecond);
+}
+
+}  // namespace
+
+BENCHMARK(BM_Matmul)->Apply(matmul_args);
+BENCHMARK(BM_EigenGemm)->Apply(matmul_args);
+
+BENCHMARK_MAIN();

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Builds everything (tests, benchmarks, examples) in Release in build/ and runs the test suite
+# (unit tests, consumer projects, one quick run of each benchmark). Exits non-zero on any
+# failure. This is exactly what CI runs (.ci/run).
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+scripts/deps.sh
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release \
+  -DPEFT_BUILD_TESTS=ON -DPEFT_BUILD_BENCH=ON -DPEFT_BUILD_EXAMPLES=ON
+cmake --build build -j"$(nproc)"
+cd build
+ctest --output-on-failure -j2
