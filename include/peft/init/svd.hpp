@@ -35,9 +35,7 @@ enum class svd_kind { exact, randomized };
 // Helpers shared by the init policies (svd, qr, gradient, activation, dct); prefixed `init_`.
 namespace detail {
 
-inline std::string init_shape_str(std::size_t a, std::size_t b) {
-  return "[" + std::to_string(a) + "," + std::to_string(b) + "]";
-}
+inline std::string init_shape_str(std::size_t a, std::size_t b) { return shape_str(shape_t{a, b}); }
 
 // The base weight of an init target, checked against the factor shapes A [r, in], B [out, r].
 template <class T>
