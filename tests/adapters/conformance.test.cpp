@@ -159,10 +159,11 @@ struct dora_case {
     lora_config c;
     c.r = 3;
     c.alpha = 5;
-    auto a = dora_lora<double>(in, out, c, W);
-    a->inner().freeze();
-    return a;
+    return dora_lora<double>(in, out, c, W);
   }
+  // The detached norm (DoRA §4.3) makes A's and B's gradients deliberately inexact; they are
+  // checked against the constant-norm composition in dora.test.cpp instead.
+  static bool exact_gradient(const std::string& name) { return name == "lora_magnitude_vector"; }
 };
 struct dora_attached_case {  // exact gradient through the norm: everything trainable
   static constexpr const char* name = "dora_attached_norm";
@@ -275,8 +276,11 @@ TEMPLATE_LIST_TEST_CASE("adapter conformance", "[adapters][conformance]", all_ad
     f.layer->eval();  // no dropout noise between finite-difference evaluations
     auto xi = parameter<double>(randn<double>({3, 4}, g));
     std::vector<variable<double>> inputs{xi};
-    for (auto& [name, v] : f.layer->named_parameters())
-      if (v.requires_grad()) inputs.push_back(v);
+    for (auto& [name, v] : f.layer->named_parameters()) {
+      bool exact = true;
+      if constexpr (requires { Case::exact_gradient(name); }) exact = Case::exact_gradient(name);
+      if (v.requires_grad() && exact) inputs.push_back(v);
+    }
     auto r = grad_check([&](auto&) { return f.layer->forward(xi); }, inputs);
     INFO(r.report);
     REQUIRE(r.ok);

@@ -49,6 +49,19 @@ struct toy : nn::unary_module<T> {
   std::shared_ptr<nn::unary_module<T>> classifier;
 };
 
+// Full initialisation of the option structs (no -Wmissing-field-initializers).
+inject_options targets(target_modules t) {
+  inject_options o;
+  o.targets = std::move(t);
+  return o;
+}
+lora_config lcfg(std::size_t r, double alpha) {
+  lora_config c;
+  c.r = r;
+  c.alpha = alpha;
+  return c;
+}
+
 struct temp_dir {
   std::filesystem::path path;
   temp_dir() {
@@ -105,10 +118,12 @@ std::set<std::string> file_keys(const std::string& dir) {
 
 template <class T>
 std::shared_ptr<vera_shared<T>> inject_vera_for_test(toy<T>& m, std::size_t r, std::uint64_t key, bool save_projection) {
-  const inject_options opt{target_modules::list({"q_proj", "v_proj"})};
+  const inject_options opt = targets(target_modules::list({"q_proj", "v_proj"}));
   std::vector<shape_t> shapes;
-  for (auto& [path, mod] : m.named_modules())
-    if (auto* lin = dynamic_cast<nn::linear<T>*>(mod)) if (is_target<T>(path, opt.targets, opt)) shapes.push_back(shape_of(lin->weight.value()));
+  for (auto& [path, mod] : m.named_modules()) {
+    auto* lin = dynamic_cast<nn::linear<T>*>(mod);
+    if (lin && is_target<T>(path, opt.targets, opt)) shapes.push_back(shape_of(lin->weight.value()));
+  }
   auto shared = std::make_shared<vera_shared<T>>(r, shapes, key);
   vera_config vc;
   vc.r = r;
@@ -127,7 +142,7 @@ TEST_CASE("LoRA directory round-trips bitwise with PEFT's keys, ranks and alphas
   lc.r = 2;
   lc.alpha = 4;
   lc.seed = 3;
-  inject_options opt{target_modules::list({"q_proj", "v_proj"})};
+  inject_options opt = targets(target_modules::list({"q_proj", "v_proj"}));
   opt.rank_pattern["decoder.q_proj"] = 3;
   opt.alpha_pattern["decoder.v_proj"] = 6;
   inject_lora<float>(m, lc, opt);
@@ -183,7 +198,7 @@ TEST_CASE("rsLoRA from a hand-written config round-trips and keeps use_rslora", 
   lc.r = 4;
   lc.alpha = 8;
   lc.use_rslora = true;
-  inject_lora<double>(m, lc, {target_modules::pattern(".*\\.q_proj")});
+  inject_lora<double>(m, lc, targets(target_modules::pattern(".*\\.q_proj")));
   randomize_adapters(m, 2);
   auto cfg = adapter_config::lora();
   cfg.r = 4;
@@ -208,7 +223,7 @@ TEST_CASE("rsLoRA from a hand-written config round-trips and keeps use_rslora", 
 
 TEST_CASE("DoRA directory saves lora_magnitude_vector without .weight and round-trips", "[io][peft_dir]") {
   toy<float> m;
-  const inject_options opt{target_modules::list({"q_proj", "v_proj"})};
+  const inject_options opt = targets(target_modules::list({"q_proj", "v_proj"}));
   lora_config lc;
   lc.r = 2;
   lc.alpha = 3;
@@ -281,7 +296,7 @@ TEST_CASE("VeRA without saved projections regenerates them from projection_prng_
 
 TEST_CASE("modules_to_save are saved under the module's own keys and restored", "[io][peft_dir]") {
   toy<float> m;
-  inject_options opt{target_modules::list({"encoder.q_proj"})};
+  inject_options opt = targets(target_modules::list({"encoder.q_proj"}));
   opt.modules_to_save = {"classifier"};
   inject_lora<float>(m, lora_config{}, opt);
   randomize_adapters(m, 8);
@@ -306,7 +321,7 @@ TEST_CASE("modules_to_save are saved under the module's own keys and restored", 
 TEST_CASE("F16 and BF16 adapter files load as the rounded values", "[io][peft_dir]") {
   for (auto type : {io::dtype::F16, io::dtype::BF16}) {
     toy<float> m;
-    inject_lora<float>(m, lora_config{}, {target_modules::list({"q_proj"})});
+    inject_lora<float>(m, lora_config{}, targets(target_modules::list({"q_proj"})));
     randomize_adapters(m, 1);
     const auto cfg = io::make_adapter_config(m);
     temp_dir dir;
@@ -362,7 +377,9 @@ TEST_CASE("a directory written by hand in PEFT's layout computes W x + (alpha / 
   st.save(dir / "adapter_model.safetensors");
 
   toy<double> m;
-  io::load_peft_adapter(dir.str(), m, {0, false});
+  io::peft_load_options frozen;
+  frozen.trainable = false;
+  io::load_peft_adapter(dir.str(), m, frozen);
   for (auto& [n, v] : m.named_parameters()) CHECK_FALSE(v.requires_grad());  // trainable = false
   auto& layer = dynamic_cast<adapted_linear<double>&>(*m.find_module("encoder.q_proj"));
   rng g(1);
@@ -379,7 +396,7 @@ TEST_CASE("a directory written by hand in PEFT's layout computes W x + (alpha / 
 
 TEST_CASE("bad tensors are io_errors naming them, and a failed load leaves the model untouched", "[io][peft_dir]") {
   toy<float> m;
-  inject_lora<float>(m, lora_config{2, 4}, {target_modules::list({"q_proj"})});
+  inject_lora<float>(m, lcfg(2, 4), targets(target_modules::list({"q_proj"})));
   randomize_adapters(m, 9);
   const auto cfg = io::make_adapter_config(m);
   temp_dir dir;
@@ -455,16 +472,16 @@ TEST_CASE("bad tensors are io_errors naming them, and a failed load leaves the m
 TEST_CASE("loading into an injected model checks it against the config and keeps its parameters",
           "[io][peft_dir]") {
   toy<float> m;
-  inject_lora<float>(m, lora_config{2, 4}, {target_modules::list({"q_proj"})});
+  inject_lora<float>(m, lcfg(2, 4), targets(target_modules::list({"q_proj"})));
   randomize_adapters(m, 10);
   const auto cfg = io::make_adapter_config(m);
   temp_dir dir;
   io::save_peft_adapter(dir.str(), m, cfg);
 
   toy<float> m2;
-  lora_config other{2, 4};
+  lora_config other = lcfg(2, 4);
   other.seed = 77;
-  inject_lora<float>(m2, other, {target_modules::list({"q_proj"})});
+  inject_lora<float>(m2, other, targets(target_modules::list({"q_proj"})));
   node<float>* before = m2.named_parameters()[0].second.get();
   const auto res = io::load_peft_adapter(dir.str(), m2);
   CHECK_FALSE(res.injected);
@@ -472,24 +489,24 @@ TEST_CASE("loading into an injected model checks it against the config and keeps
   CHECK(bitwise_equal(run(m), run(m2)));
 
   toy<float> m3;  // wrong rank
-  inject_lora<float>(m3, lora_config{3, 4}, {target_modules::list({"q_proj"})});
+  inject_lora<float>(m3, lcfg(3, 4), targets(target_modules::list({"q_proj"})));
   CHECK_THAT(thrown_message([&] { io::load_peft_adapter(dir.str(), m3); }),
              Catch::Contains("does not match the config") && Catch::Contains("r = 3"));
   toy<float> m4;  // more layers than the config targets
-  inject_lora<float>(m4, lora_config{2, 4}, {target_modules::list({"q_proj", "v_proj"})});
+  inject_lora<float>(m4, lcfg(2, 4), targets(target_modules::list({"q_proj", "v_proj"})));
   CHECK_THAT(thrown_message([&] { io::load_peft_adapter(dir.str(), m4); }),
              Catch::Contains("'encoder.v_proj' is adapted but target_modules does not select it"));
   toy<float> m5;  // DoRA model, LoRA file
-  inject_adapters<float>(m5, {target_modules::list({"q_proj"})}, 2, 4, [&](const layer_info<float>& info) {
+  inject_adapters<float>(m5, targets(target_modules::list({"q_proj"})), 2, 4, [&](const layer_info<float>& info) {
     return std::static_pointer_cast<adapter<float>>(
-        dora_lora<float>(info.in, info.out, lora_config{2, 4}, info.base->weight.value()));
+        dora_lora<float>(info.in, info.out, lcfg(2, 4), info.base->weight.value()));
   });
   CHECK_THAT(thrown_message([&] { io::load_peft_adapter(dir.str(), m5); }), Catch::Contains("use_dora = false"));
 }
 
 TEST_CASE("saving checks the model against the config", "[io][peft_dir]") {
   toy<float> m;
-  inject_lora<float>(m, lora_config{2, 4}, {target_modules::list({"q_proj"})});
+  inject_lora<float>(m, lcfg(2, 4), targets(target_modules::list({"q_proj"})));
   auto cfg = io::make_adapter_config(m);
   temp_dir dir;
   auto c = cfg;

@@ -64,7 +64,8 @@ class rng {
     if (n == 0) throw value_error("rng::uniform_int: n = 0");
     const std::uint64_t threshold = (0 - n) % n;
     for (;;) {
-      const unsigned __int128 m = (unsigned __int128)next_u64() * n;
+      __extension__ using u128 = unsigned __int128;  // GCC/Clang extension; silences -Wpedantic
+      const u128 m = u128(next_u64()) * n;
       if (std::uint64_t(m) >= threshold) return std::uint64_t(m >> 64);
     }
   }
