@@ -39,14 +39,15 @@ class progress {
     }
   }
 
-  // Ends the bar's line (terminal mode) so the next output starts on a new line.
+  // Ends the bar's line (terminal mode) so the next output starts on a new line; a later
+  // update() draws the bar again below that output.
   void finish() {
-    if (tty_ && step_ > 0 && !finished_) {
+    if (tty_ && drawn_) {
       draw();
       std::printf("\n");
       std::fflush(stdout);
     }
-    finished_ = true;
+    drawn_ = false;
   }
   ~progress() { finish(); }
 
@@ -69,6 +70,7 @@ class progress {
                 bar.c_str(), step_, total_, ema_, lr_, rate(), unit_.c_str(),
                 format_duration(eta).c_str());
     std::fflush(stdout);
+    drawn_ = true;
   }
 
   std::string label_;
@@ -81,7 +83,7 @@ class progress {
   double ema_ = std::nan("");
   double lr_ = 0;
   double last_draw_ = -1;
-  bool finished_ = false;
+  bool drawn_ = false;
 };
 
 }  // namespace examples

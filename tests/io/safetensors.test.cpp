@@ -284,6 +284,7 @@ TEST_CASE("malformed files give an io_error naming the file and the problem", "[
       {"bad_huge_dims", {"tensor 'a'", "[0,4000000000000]", "out of range of the 8-byte data buffer"}},
       {"bad_dims_product_overflow", {"tensor 'a'", "shape [1099511627776,1099511627776]", "overflows"}},
       {"bad_bytes_overflow", {"tensor 'a'", "shape [4611686018427387904] of F32 overflows"}},
+      {"bad_zero_dim_overflow", {"tensor 'a'", "shape [0,1099511627776,1099511627776] of F32 overflows"}},
       {"bad_offsets_out_of_range", {"tensor 'a'", "[0,1000] out of range of the 8-byte data buffer"}},
       {"bad_offsets_overflow", {"tensor 'a'", "[18446744073709551608,18446744073709551615] out of range"}},
       {"bad_offsets_reversed", {"tensor 'a'", "[8,0] end before they begin"}},

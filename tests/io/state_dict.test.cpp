@@ -99,10 +99,13 @@ TEST_CASE("loading checks names and shapes first and leaves the model untouched 
   const std::string path = temp_file("c.safetensors");
   net<float> a(1);
   io::save_state_dict(path, a);
+  int edits = 0;
   auto edit = [&](const std::function<void(io::safetensors_file&)>& f) {
     auto file = io::safetensors_file::load(path);
     f(file);
-    const std::string p2 = temp_file("c2.safetensors");
+    std::string name = std::to_string(++edits);
+    name += ".safetensors";
+    const std::string p2 = temp_file(name);
     file.save(p2);
     return p2;
   };
@@ -128,5 +131,5 @@ TEST_CASE("loading checks names and shapes first and leaves the model untouched 
   io::load_state_dict(extra, b, false);
   CHECK(same_params(a, b));
   std::filesystem::remove(path);
-  std::filesystem::remove(temp_file("c2.safetensors"));
+  for (auto p : {wrong_shape, missing, extra}) std::filesystem::remove(p);
 }

@@ -76,7 +76,7 @@ eva_decomposition eva_svd(const Eigen::MatrixBase<Derived>& X, std::size_t k, bo
   d.components.resize(K, Eigen::Index(in));
   d.singular_values.resize(K);
   if (n >= in) {
-    matrix<double> C(Eigen::Index(in), Eigen::Index(in));
+    matrix<double> C(static_cast<Eigen::Index>(in), static_cast<Eigen::Index>(in));
     C.noalias() = Xc.transpose() * Xc;
     Eigen::SelfAdjointEigenSolver<matrix<double>> es(C);
     if (es.info() != Eigen::Success) throw error("eva_svd: eigen-decomposition did not converge");

@@ -36,6 +36,7 @@
 #include <memory>
 #include <numeric>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "peft/adapters/lora_xs.hpp"
@@ -132,7 +133,8 @@ class lora_ga {
       std::copy(perm.begin(), perm.begin() + std::ptrdiff_t(r), ia.begin());
       std::copy(perm.begin() + std::ptrdiff_t(r), perm.end(), ib.begin());
     }
-    matrix<double> A(Eigen::Index(r), Eigen::Index(in)), B(Eigen::Index(out), Eigen::Index(r));
+    matrix<double> A(static_cast<Eigen::Index>(r), static_cast<Eigen::Index>(in));
+    matrix<double> B(static_cast<Eigen::Index>(out), static_cast<Eigen::Index>(r));
     for (std::size_t i = 0; i < r; ++i) {
       A.row(Eigen::Index(i)) = d.V.col(ia[i]).transpose();
       B.col(Eigen::Index(i)) = d.U.col(ib[i]);
@@ -286,7 +288,8 @@ std::shared_ptr<lora_xs<T>> make_lora_sb(std::size_t in, std::size_t out, const 
     throw value_error("lora_sb: subtract_from_weight needs the base weight W");
   rng g = rng(cfg.seed).fork(0);
   auto f = init::lora_sb_init<T>(G, cfg.r, cfg.scaling(), opt, g);
-  auto a = std::make_shared<lora_xs<T>>(in, out, cfg, f.A, f.B);
+  // const: a non-const tensor would select lora_xs's (base weight, init policy) constructor.
+  auto a = std::make_shared<lora_xs<T>>(in, out, cfg, std::as_const(f.A), std::as_const(f.B));
   a->lora_R.value() = f.R;
   if (opt.subtract_from_weight) {
     const tensor<T> BR = to_tensor(matrix<T>(as_matrix(f.B) * as_matrix(f.R)));

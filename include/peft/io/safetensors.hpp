@@ -92,16 +92,24 @@ struct tensor_entry {
 namespace detail {
 constexpr std::uint64_t safetensors_max_header = 100'000'000;
 
-// Element count and byte count of a shape, or nullopt when either overflows 64 bits.
+// Element count and byte count of a shape, or nullopt when the byte count would not fit in
+// 63 bits. Zero dims do not excuse the others: a [0, 2^40, 2^40] tensor is refused too, since
+// its strides would overflow (this is stricter than the reference, whose check depends on where
+// the zero is).
 inline std::optional<std::pair<std::uint64_t, std::uint64_t>> checked_sizes(const shape_t& s, dtype t) {
-  std::uint64_t n = 1;
+  constexpr std::uint64_t limit = std::uint64_t(std::numeric_limits<std::int64_t>::max());
+  std::uint64_t nonzero = dtype_size(t);  // bytes of the nonzero extents
+  bool empty = false;
   for (auto d : s) {
-    if (d != 0 && n > std::numeric_limits<std::uint64_t>::max() / d) return std::nullopt;
-    n *= d;
+    if (d == 0) {
+      empty = true;
+      continue;
+    }
+    if (nonzero > limit / d) return std::nullopt;
+    nonzero *= d;
   }
-  const std::uint64_t es = dtype_size(t);
-  if (n > std::numeric_limits<std::uint64_t>::max() / es) return std::nullopt;
-  return std::pair{n, n * es};
+  const std::uint64_t bytes = empty ? 0 : nonzero;
+  return std::pair{bytes / dtype_size(t), bytes};
 }
 
 template <class U>
@@ -193,7 +201,7 @@ inline st_header parse_st_header(std::string_view text, std::uint64_t buffer_siz
     const auto sizes = checked_sizes(info.shape, info.type);
     if (!sizes)
       throw io_error(tw + ": shape " + shape_str(info.shape) + " of " + dtype_name(info.type) +
-                     " overflows a 64-bit byte count");
+                     " overflows a 63-bit byte count");
 
     const auto off = v.find("data_offsets");
     if (off == v.end()) throw io_error(tw + ": missing field 'data_offsets'");

@@ -164,6 +164,8 @@ def safetensors_corpus():
       raw(hdr({"a": {"dtype": "F32", "shape": [1000000, 1000000], "data_offsets": [0, 4000000000000]}}), d8))
     w("bad_dims_product_overflow.safetensors",  # 2^40 * 2^40 elements
       raw(hdr({"a": {"dtype": "F32", "shape": [1 << 40, 1 << 40], "data_offsets": [0, 8]}}), d8))
+    w("bad_zero_dim_overflow.safetensors",  # empty, but its other extents overflow (and its strides would)
+      raw(hdr({"a": {"dtype": "F32", "shape": [0, 1 << 40, 1 << 40], "data_offsets": [0, 0]}}), b""))
     w("bad_bytes_overflow.safetensors",  # 2^62 elements fit, 2^62 * 4 bytes do not
       raw(hdr({"a": {"dtype": "F32", "shape": [1 << 62], "data_offsets": [0, 8]}}), d8))
     w("bad_offsets_out_of_range.safetensors", raw(hdr({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 1000]}}), d8))
