@@ -19,11 +19,19 @@
 // taken): the basis is drawn before step 0 and redrawn at steps kappa, 2·kappa, ... (the
 // reference redraws after its step kappa, i.e. for the update numbered kappa from 0).
 //
-// Second moments: the reference keeps Adafactor's factored second moment on the FULL gradient
-// and compresses only the first moment; under projected<> every moment lives in the low shape.
-// Because a Gaussian projection is isotropic (E[(Pᵀg)_i²] = ‖g‖²/r for every draw), the
-// statistics of a low-rank second moment do not depend on which matrix was drawn, so it is kept
-// as is by default; reset_second_moment zeroes it at each resample instead.
+// Transfer stability: the transfer is unbiased over the new draw but not norm-preserving,
+// E‖P·Pᵀ·x‖² = (d + r + 1)/r·‖x‖² (a Wishart moment), so each resample grows the momentum by about
+// sqrt((d + r + 1)/r) while momentum β shrinks it by β^kappa between resamples: momentum stays
+// bounded only when β^kappa·sqrt((d + r + 1)/r) < 1. The reference's kappa = 1000 is far inside;
+// a small kappa with a small d/r is not (measured with SGD-momentum 0.9, d = 12, r = 4: kappa = 5
+// diverges, kappa = 10 converges).
+//
+// Second moments are kept as they are at a resample. The reference keeps Adafactor's factored
+// second moment on the FULL gradient and compresses only the first moment; under projected<>
+// every moment lives in the low shape. A Gaussian projection is isotropic, E[(Pᵀ·g)_i²] = ‖g‖²/r
+// for every draw, so a low-rank second moment has the same statistics in the new basis. (Zeroing
+// it while the first moment is carried over makes Adam's m/sqrt(v) explode; carrying it through
+// |R| over-estimates it at every resample until the steps vanish: both measured, both worse.)
 #include <Eigen/Core>
 #include <algorithm>
 #include <cmath>
@@ -49,8 +57,6 @@ struct flora_options {
   std::size_t kappa = 1000;
   // project_back multiplies by scale (1 in the reference, which has no scale).
   double scale = 1.0;
-  // Zero the second moment(s) at each resample instead of keeping them.
-  bool reset_second_moment = false;
 
   void validate(const std::string& who) const {
     if (rank == 0) throw value_error(who + ": invalid rank 0 (must be >= 1)");
@@ -137,12 +143,8 @@ class flora_projector {
     if (!has_prev_) return;  // first draw: nothing to carry
     const auto ls = low_shape(rows_, cols_);
     check("transfer", m.rows(), m.cols(), ls.first, ls.second);
-    if (which == moment::second) {
-      if (o_.reset_second_moment) m.setZero();
-      return;
-    }
-    const matrix<T> P_new = matrix_for(seed_);
-    const matrix<T> R = P_new.transpose() * matrix_for(prev_seed_);  // [r, r] = P_newᵀ·P_old
+    if (which == moment::second) return;  // kept (see above)
+    const matrix<T> R = matrix_for(seed_).transpose() * matrix_for(prev_seed_);  // P_newᵀ·P_old
     if (left_)
       m = R * m;
     else
@@ -228,7 +230,7 @@ class flora_projector {
   bool has_basis_ = false, has_prev_ = false;
   std::size_t last_refresh_ = 0;
   std::size_t refreshes_ = 0;
-  matrix<T> scratch_;
+  matrix<T> scratch_;  // P of the current step, between project and project_back
   std::uint64_t scratch_seed_ = 0;
   bool has_scratch_ = false;
 };
