@@ -40,52 +40,13 @@
 namespace fs = std::filesystem;
 using namespace examples;
 
-namespace {
-
-// Step 2: the pretrained model, from the cache when a file for this configuration exists.
-void pretrain_or_load(mlp_classifier<float>& model, const fashion_task_data& data,
-                      const pretrain_config& pc, const fs::path& cache_dir, bool use_cache,
-                      run_log& log) {
-  const fs::path file = cache_dir / pretrain_cache_name(pc, data.pretrain.n);
-  if (use_cache && fs::exists(file)) {
-    try {
-      peft::io::load_state_dict(file.string(), model);  // checks every name and shape first
-      std::printf("base model: loaded %s (pretraining skipped)\n", file.string().c_str());
-      return;
-    } catch (const std::exception& e) {
-      std::printf("base model: cannot use %s (%s); pretraining again\n", file.string().c_str(), e.what());
-    }
-  }
-  std::printf("base model: pretraining on classes 0-4 (%zu images, %zu epochs)\n", data.pretrain.n,
-              pc.epochs);
-  model.unfreeze();
-  optimizer_options oo;
-  oo.lr = pc.lr;
-  oo.weight_decay = 0.01;
-  auto opt = make_optimizer<float>(model.parameters(), oo);
-  train_config tc;
-  tc.phase = "pretrain";
-  tc.epochs = pc.epochs;
-  tc.max_steps = pc.max_steps;
-  tc.seed = pc.seed + 1;
-  train_classifier<float>(model, *opt, data.pretrain, tc, &log,
-                          [&] { return accuracy(model, data.pretrain_test); });
-  if (use_cache) {
-    fs::create_directories(cache_dir);
-    peft::io::save_state_dict(file.string(), model);  // written atomically
-    std::printf("base model: saved to %s\n", file.string().c_str());
-  }
-}
-
-}  // namespace
-
 int main(int argc, char** argv) {
   method_options mo;
   optimizer_options oo;
   pretrain_config pc;
   double lr = 0;
   std::size_t epochs = 3, batch = 128, train_subset = 0;
-  int threads = 0;
+  int threads = 1;
   std::string data_dir = fashion_mnist_default_dir;
   std::string cache_dir = default_cache_dir().string();
   std::string out_dir = "fashion_runs";
@@ -121,7 +82,9 @@ int main(int argc, char** argv) {
   app.add_flag("--no-cache", no_cache, "always pretrain, and do not write the cache");
   app.add_option("--out-dir", out_dir, "where the CSV log and the PNG plot go")->capture_default_str();
   app.add_flag("--no-plot", no_plot, "do not call gnuplot");
-  app.add_option("--threads", threads, "GEMM threads (0 = all cores)");
+  app.add_option("--threads", threads, "GEMM threads (0 = all cores). The matrices here are small: "
+                 "extra threads rarely help, and on a busy machine they can be much slower")
+      ->capture_default_str();
   app.add_flag("--smoke", smoke, "CI mode: a few steps on a small subset; fails unless the loss "
                "went down");
   CLI11_PARSE(app, argc, argv);
@@ -161,7 +124,7 @@ int main(int argc, char** argv) {
   // ---- 2. the pretrained model
   peft::rng g(mo.seed);
   mlp_classifier<float> model(784, pc.hidden, 5, g);
-  pretrain_or_load(model, data, pc, cache_dir, !no_cache, log);
+  pretrain_or_load(model, data, pc, cache_dir, !no_cache, &log);
   std::printf("base model accuracy on classes 0-4: %.2f%%\n", 100 * accuracy(model, data.pretrain_test));
   const double before = accuracy(model, data.adapt_test);
 

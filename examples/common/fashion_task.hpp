@@ -27,6 +27,7 @@
 #include "peft/nn/linear.hpp"
 #include "peft/nn/loss.hpp"
 #include "peft/nn/module.hpp"
+#include "peft/optim/adam.hpp"
 #include "peft/optim/optimizer.hpp"
 #include "peft/optim/schedule.hpp"
 
@@ -248,6 +249,47 @@ inline std::string pretrain_cache_name(const pretrain_config& c, std::size_t n_i
   return "fashion_mlp_v1_h" + std::to_string(c.hidden) + "_e" + std::to_string(c.epochs) + "_n" +
          std::to_string(n_images) + (c.max_steps ? "_s" + std::to_string(c.max_steps) : "") +
          "_seed" + std::to_string(c.seed) + ".safetensors";
+}
+
+// The pretrained model (step 2 of finetune_fashion), from the cache when a file for this configuration exists.
+// The pretrained model: loaded from cache_dir when a file for this configuration exists (its
+// name encodes the configuration), else pretrained on classes 0-4 and saved there (use_cache).
+// Returns true when it was loaded.
+inline bool pretrain_or_load(mlp_classifier<float>& model, const fashion_task_data& data,
+                             const pretrain_config& pc, const std::filesystem::path& cache_dir,
+                             bool use_cache, run_log* log, bool quiet = false) {
+  const std::filesystem::path file = cache_dir / pretrain_cache_name(pc, data.pretrain.n);
+  if (use_cache && std::filesystem::exists(file)) {
+    try {
+      peft::io::load_state_dict(file.string(), model);  // checks every name and shape first
+      if (!quiet) std::printf("base model: loaded %s (pretraining skipped)\n", file.string().c_str());
+      return true;
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "base model: cannot use %s (%s); pretraining again\n", file.string().c_str(),
+                   e.what());
+    }
+  }
+  if (!quiet)
+    std::printf("base model: pretraining on classes 0-4 (%zu images, %zu epochs)\n", data.pretrain.n,
+                pc.epochs);
+  model.unfreeze();
+  peft::optim::adamw_options ao;
+  ao.lr = pc.lr;
+  peft::optim::adamw<float> opt(model.parameters(), ao);
+  train_config tc;
+  tc.phase = "pretrain";
+  tc.epochs = pc.epochs;
+  tc.max_steps = pc.max_steps;
+  tc.seed = pc.seed + 1;
+  tc.quiet = quiet;
+  train_classifier<float>(model, opt, data.pretrain, tc, log,
+                          [&] { return accuracy(model, data.pretrain_test); });
+  if (use_cache) {
+    std::filesystem::create_directories(cache_dir);
+    peft::io::save_state_dict(file.string(), model);  // written atomically
+    if (!quiet) std::printf("base model: saved to %s\n", file.string().c_str());
+  }
+  return false;
 }
 
 }  // namespace examples

@@ -78,6 +78,7 @@ inline bool plot_run(const std::filesystem::path& csv, const std::filesystem::pa
        << "} else {\n"
        << "  set terminal png size 1100,420\n"
        << "}\n"
+       << "set termoption noenhanced\n"  // underscores in names are not subscripts
        << "set output '" << png.string() << "'\n"
        << "set datafile separator ','\n"
        << "set multiplot layout 1,2 title '" << title << "'\n"
@@ -92,7 +93,7 @@ inline bool plot_run(const std::filesystem::path& csv, const std::filesystem::pa
          << "(s" << i << " = (s" << i << " != s" << i << ") ? $4 : 0.9*s" << i << " + 0.1*$4) : NaN) "
          << "with lines lw 2 title '" << p << "'";
     }
-    gp << "\nset ylabel '" << metric << "'\n";
+    gp << "\nset ylabel '" << metric << "'\nset key bottom right\n";
     gp << "plot ";
     for (std::size_t i = 0; i < phases.size(); ++i) {
       const std::string& p = phases[i];

@@ -2,14 +2,20 @@
 // Small process utilities shared by the examples (not part of the library): wall-clock
 // stopwatch, peak resident memory, byte/duration formatting, the cache directory, and whether a
 // program is on PATH.
+#include <spawn.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <string>
+#include <vector>
+
+extern char** environ;
 
 namespace examples {
 
@@ -30,6 +36,16 @@ inline std::size_t peak_rss_bytes() {
   rusage u{};
   if (getrusage(RUSAGE_SELF, &u) != 0) return 0;
   return std::size_t(u.ru_maxrss) * 1024;
+}
+
+// Resets this process's peak-RSS high-water mark (Linux >= 4.0: "5" > /proc/self/clear_refs),
+// so peak_rss_bytes() afterwards measures one phase. Returns false where unsupported.
+inline bool reset_peak_rss() {
+  std::ofstream f("/proc/self/clear_refs");
+  if (!f) return false;
+  f << "5";
+  f.flush();
+  return bool(f);
 }
 
 // "12.3 MiB"
@@ -72,6 +88,43 @@ inline std::filesystem::path default_cache_dir() {
 inline bool program_available(const std::string& program) {
   const std::string cmd = "command -v " + program + " >/dev/null 2>&1";
   return std::system(cmd.c_str()) == 0;
+}
+
+// Runs argv (argv[0] a path) with its stdout captured; stderr is inherited. Returns the exit
+// status (-1 if it could not start or was killed).
+inline int run_capture(const std::vector<std::string>& args, std::string& out) {
+  int fd[2];
+  if (pipe(fd) != 0) return -1;
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_adddup2(&fa, fd[1], 1);
+  posix_spawn_file_actions_addclose(&fa, fd[0]);
+  posix_spawn_file_actions_addclose(&fa, fd[1]);
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  pid_t pid = 0;
+  const int rc = posix_spawn(&pid, argv[0], &fa, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&fa);
+  close(fd[1]);
+  if (rc != 0) {
+    close(fd[0]);
+    return -1;
+  }
+  char buf[4096];
+  ssize_t k;
+  while ((k = read(fd[0], buf, sizeof buf)) > 0) out.append(buf, std::size_t(k));
+  close(fd[0]);
+  int status = 0;
+  if (waitpid(pid, &status, 0) < 0) return -1;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+// This program's own path (to re-run itself as a worker).
+inline std::string self_exe() {
+  std::error_code ec;
+  auto p = std::filesystem::read_symlink("/proc/self/exe", ec);
+  return ec ? std::string() : p.string();
 }
 
 inline bool stdout_is_terminal() { return isatty(fileno(stdout)) != 0; }

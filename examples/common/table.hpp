@@ -42,10 +42,14 @@ class table {
       }
       os << '\n';
     };
-    line(headers_, true);
-    std::size_t total = 0;
-    for (auto x : w) total += x;
-    os << std::string(total + 2 * (w.size() - 1), '-') << '\n';
+    bool headed = false;
+    for (auto& h : headers_) headed = headed || !h.empty();
+    if (headed) {  // all-empty headers: a borderless key/value listing
+      line(headers_, true);
+      std::size_t total = 0;
+      for (auto x : w) total += x;
+      os << std::string(total + 2 * (w.size() - 1), '-') << '\n';
+    }
     for (auto& r : rows_) line(r, false);
     return os.str();
   }

@@ -17,6 +17,8 @@
 #include "peft/adapters/lora_xs.hpp"
 #include "peft/adapters/moslora.hpp"
 #include "peft/autograd/grad_check.hpp"
+#include "peft/init/qr.hpp"
+#include "peft/init/svd.hpp"
 
 using namespace peft;
 
@@ -178,12 +180,35 @@ struct dora_attached_case {  // exact gradient through the norm: everything trai
     return dora_lora<double>(in, out, c, W, init::gaussian{}, d);
   }
 };
+struct lora_pissa_case {  // the residual W − s·B·A makes the adapted layer equal W at init
+  static constexpr const char* name = "lora+pissa";
+  static constexpr bool identity_at_init = true;
+  static constexpr bool mergeable = true;
+  static std::shared_ptr<adapter<double>> make(std::size_t in, std::size_t out, tensor<double>& W) {
+    lora_config c;
+    c.r = 2;
+    c.alpha = 6;
+    return std::make_shared<lora<double>>(in, out, c, init::pissa{}, &W);
+  }
+};
+struct lora_olora_case {
+  static constexpr const char* name = "lora+olora";
+  static constexpr bool identity_at_init = true;
+  static constexpr bool mergeable = true;
+  static std::shared_ptr<adapter<double>> make(std::size_t in, std::size_t out, tensor<double>& W) {
+    lora_config c;
+    c.r = 2;
+    c.alpha = 6;
+    return std::make_shared<lora<double>>(in, out, c, init::olora{}, &W);
+  }
+};
 // ---- add new cases above this line ----
 
 using all_adapters = std::tuple<lora_case, rslora_case, moe_case
                                 , vera_case, nola_case, randlora_case
                                 , lora_xs_case, moslora_case, fourierft_case, dct_case
                                 , dora_case, dora_attached_case
+                                , lora_pissa_case, lora_olora_case
                                 /* ---- add new case names above this line ---- */>;
 
 struct fixture {

@@ -10,12 +10,14 @@ using namespace peft;
 using Catch::Matchers::Contains;
 
 namespace {
-// Test-local model: x -> fc1 (4->3) -> fc2 (3->2). fc1 sits in a Linear-typed slot, fc2 in a
-// unary_module slot, so the recorder must fit both.
-struct two_layer : nn::module<double> {
-  std::shared_ptr<nn::linear<double>> fc1;
+// Test-local model: x -> fc1 (4->3) -> fc2 (3->2). In two_layer fc1 sits in a Linear-typed
+// slot, fc2 in a unary_module slot, so the recorder must fit both; injection needs unary_module
+// slots (two_layer_u).
+template <class Slot1>
+struct two_layer_t : nn::module<double> {
+  std::shared_ptr<Slot1> fc1;
   std::shared_ptr<nn::unary_module<double>> fc2;
-  explicit two_layer(std::uint64_t seed) {
+  explicit two_layer_t(std::uint64_t seed) {
     rng g(seed);
     fc1 = std::make_shared<nn::linear<double>>(4, 3, true, g);
     fc2 = std::make_shared<nn::linear<double>>(3, 2, true, g);
@@ -23,9 +25,11 @@ struct two_layer : nn::module<double> {
     register_module("fc2", fc2);
   }
   variable<double> forward(const variable<double>& x) { return fc2->forward(fc1->forward(x)); }
-  nn::linear<double>& l1() { return *fc1; }
+  nn::linear<double>& l1() { return dynamic_cast<nn::linear<double>&>(*fc1); }
   nn::linear<double>& l2() { return dynamic_cast<nn::linear<double>&>(*fc2); }
 };
+using two_layer = two_layer_t<nn::linear<double>>;
+using two_layer_u = two_layer_t<nn::unary_module<double>>;
 
 double max_abs(const matrix<double>& m) { return m.cwiseAbs().maxCoeff(); }
 bool same_state(const nn::state_dict<double>& a, const nn::state_dict<double>& b) {
@@ -130,14 +134,15 @@ TEST_CASE("layer_inputs records each Linear's input rows and restores the module
   REQUIRE_THROWS_WITH(layer_inputs(m, {"fc1"}, [] { throw std::runtime_error("boom"); }),
                       Contains("boom"));
   REQUIRE(m.fc1 == fc1);
-  REQUIRE_THROWS_WITH(layer_inputs(m, {"fc1", "fc2"}, [&] { fc1->forward(constant<double>(x1)); }),
+  // fc1 alone runs (through the model's slot, which holds the recorder during fn).
+  REQUIRE_THROWS_WITH(layer_inputs(m, {"fc1", "fc2"}, [&] { m.fc1->forward(constant<double>(x1)); }),
                       Contains("'fc2' received no input"));
   REQUIRE(m.fc2 == fc2);
 }
 
 TEST_CASE("inject_lora_ga: per-layer LoRA-GA from the model's gradients, identity at init",
           "[init][collect]") {
-  two_layer m(7), ref(7);
+  two_layer_u m(7), ref(7);
   rng g(8);
   const tensor<double> xt = randn<double>({6, 4}, g), C = randn<double>({6, 2}, g);
   auto loss_fn = [&] { return sum(m.forward(constant<double>(xt)) * constant<double>(C)); };
@@ -172,7 +177,7 @@ TEST_CASE("inject_lora_ga: per-layer LoRA-GA from the model's gradients, identit
 
 TEST_CASE("inject_eva: components of the recorded inputs, ranks redistributed, B = 0",
           "[init][collect]") {
-  two_layer m(9);
+  two_layer_u m(9);
   rng g(10);
   const tensor<double> xt = randn<double>({40, 4}, g);
   const auto y0 = m.forward(constant<double>(xt));
@@ -207,7 +212,7 @@ TEST_CASE("inject_eva: components of the recorded inputs, ranks redistributed, B
 }
 
 TEST_CASE("inject_lora_one and inject_lora_sb", "[init][collect]") {
-  two_layer m(11);
+  two_layer_u m(11);
   rng g(12);
   const tensor<double> xt = randn<double>({6, 4}, g), C = randn<double>({6, 2}, g);
   auto loss_fn = [&] { return sum(m.forward(constant<double>(xt)) * constant<double>(C)); };
@@ -231,7 +236,7 @@ TEST_CASE("inject_lora_one and inject_lora_sb", "[init][collect]") {
     }
   REQUIRE(trainable == 1);
 
-  two_layer m2(11);
+  two_layer_u m2(11);
   auto loss2 = [&] { return sum(m2.forward(constant<double>(xt)) * constant<double>(C)); };
   const auto G = full_weight_gradients(m2, {"fc2"}, loss2);
   lora_config cfg;

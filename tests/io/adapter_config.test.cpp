@@ -121,7 +121,16 @@ TEST_CASE("keys of the other method are kept as extras", "[io][adapter_config]")
   CHECK(j.at("lora_alpha") == 7);
   CHECK(j.at("my_tool") == nlohmann::json{{"x", {1, 2}}});
   CHECK_FALSE(j.contains("use_dora"));
+  CHECK_FALSE(j.contains("exclude_modules"));  // not a VeraConfig key unless the file had it
   CHECK(j.at("projection_prng_key") == 0);
+  const auto e = adapter_config::parse(R"({"peft_type": "VERA", "exclude_modules": ["fc"], "target_modules": null})");
+  CHECK(std::get<std::vector<std::string>>(e.exclude_modules) == std::vector<std::string>{"fc"});
+  CHECK(e.to_json().at("exclude_modules") == nlohmann::json{"fc"});
+  const auto n = adapter_config::parse(R"({"peft_type": "VERA", "exclude_modules": null})");
+  CHECK(n.to_json().at("exclude_modules").is_null());
+  auto set = adapter_config::vera();
+  set.exclude_modules = std::string("x.*");
+  CHECK(set.to_json().at("exclude_modules") == "x.*");
 }
 
 TEST_CASE("malformed or mistyped configs give an io_error naming the file and the key", "[io][adapter_config]") {

@@ -66,6 +66,15 @@ function maxAbsDiff(a, b) {
 }
 
 let passed = 0, failed = 0;
+{
+    // The byte-level vocabulary: llama.cpp's tokenizer must map the text to its bytes and back.
+    const ids = Array.from(model.tokenize(expected.text, false));
+    const back = model.detokenize(ids);
+    const ok = JSON.stringify(ids) === JSON.stringify(tokens) && back === expected.text;
+    console.log(`${ok ? "PASS" : "FAIL"} tokenizer: ${JSON.stringify(expected.text)} -> ${ids.length} ids` +
+                `${ok ? " = its bytes, and back" : ` ${JSON.stringify(ids)} -> ${JSON.stringify(back)}`}`);
+    ok ? ++passed : ++failed;
+}
 const ours = {};
 for (const c of expected.cases) {
     ours[c.name] = c.probs;

@@ -100,6 +100,7 @@ int main(int argc, char** argv) {
   std::vector<std::int64_t> ids(text.begin(), text.end());
 
   nlohmann::json j;
+  j["text"] = text;
   j["tokens"] = ids;
   j["cases"] = nlohmann::json::array();
 

@@ -15,6 +15,9 @@
 #include "peft/optim/adafactor.hpp"
 #include "peft/optim/adam.hpp"
 #include "peft/optim/projected.hpp"
+#include "peft/optim/projection/coap.hpp"
+#include "peft/optim/projection/dct.hpp"
+#include "peft/optim/projection/flora.hpp"
 #include "peft/optim/projection/galore.hpp"
 #include "peft/optim/projection/identity.hpp"
 #include "peft/optim/quant8.hpp"
@@ -63,11 +66,71 @@ using galore_randomized_case =
     galore_case<optim::galore_proj_type::standard, optim::svd_solver::randomized>;
 using galore_two_sided_case = galore_case<optim::galore_proj_type::full, optim::svd_solver::exact>;
 
+// Flora: P·Pᵀ is unbiased (E[P·Pᵀ] = I over draws) but not a projection for one draw, so a
+// rank-r gradient does not survive exactly (tests/optim/projection/flora.test.cpp checks the
+// span property instead). Resampled every 10 steps (at 10 inside the checkpoint test): with
+// kappa = 5 the momentum transfer grows faster than momentum decays at d = 12, r = 4 and the fit
+// diverges (the stability condition in flora.hpp).
+struct flora_case {
+  static constexpr const char* name = "flora";
+  static constexpr bool exact_on_rank_r = false;
+  template <class T>
+  using type = optim::flora_projector<T>;
+  template <class T>
+  static type<T> make(std::size_t rank, const optim::projector_site& s) {
+    optim::flora_options o;
+    o.rank = rank;
+    o.kappa = 10;
+    return type<T>(o, s.rows, s.cols, s.seed);
+  }
+};
+
+// COAP: correlation-aware update of P at step 5, re-projection at step 10 (interval 5, factor 2).
+template <bool Restore>
+struct coap_case {
+  static constexpr const char* name = Restore ? "coap (restore_state)" : "coap";
+  static constexpr bool exact_on_rank_r = true;
+  template <class T>
+  using type = optim::coap_projector<T>;
+  template <class T>
+  static type<T> make(std::size_t rank, const optim::projector_site& s) {
+    optim::coap_options o;
+    o.rank = rank;
+    o.update_interval = 5;
+    o.reproject_factor = 2;
+    o.restore_state = Restore;
+    return type<T>(o, s.rows, s.cols, s.seed);
+  }
+};
+
+// DCT: exact only for gradients in r DCT frequencies (tests/optim/projection/dct.test.cpp), not
+// for any rank-r gradient. Columns re-selected every 5 steps.
+template <bool Rotate>
+struct dct_case {
+  static constexpr const char* name = Rotate ? "dct (rotate_moments)" : "dct";
+  static constexpr bool exact_on_rank_r = false;
+  template <class T>
+  using type = optim::dct_projector<T>;
+  template <class T>
+  static type<T> make(std::size_t rank, const optim::projector_site& s) {
+    optim::dct_options o;
+    o.rank = rank;
+    o.update_interval = 5;
+    o.rotate_moments = Rotate;
+    return type<T>(o, s.rows, s.cols, s.seed);
+  }
+};
+
 // ---- add new projector cases above this line ----
 using projector_cases = std::tuple<identity_case,
                                    galore_exact_case,
                                    galore_randomized_case,
-                                   galore_two_sided_case>;
+                                   galore_two_sided_case,
+                                   flora_case,
+                                   coap_case<false>,
+                                   coap_case<true>,
+                                   dct_case<false>,
+                                   dct_case<true>>;
 
 template <class Case, class T>
 auto factory_of(std::size_t rank) {

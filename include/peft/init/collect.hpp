@@ -86,11 +86,16 @@ inline std::string init_regex_escape(const std::string& s) {
 }
 
 // Injection options that target exactly `paths` (a full-match regex of the escaped paths).
-inline inject_options init_exact_targets(const inject_options& opt, const std::vector<std::string>& paths) {
+inline inject_options init_exact_targets(const inject_options& opt,
+                                         const std::vector<std::string>& paths) {
   inject_options o = opt;
-  std::string re;
-  for (auto& p : paths) re += (re.empty() ? "" : "|") + init_regex_escape(p);
-  o.targets = target_modules::pattern("(" + re + ")");
+  std::string re = "(";
+  for (std::size_t i = 0; i < paths.size(); ++i) {
+    if (i) re += '|';
+    re += init_regex_escape(paths[i]);
+  }
+  re += ')';
+  o.targets = target_modules::pattern(re);
   return o;
 }
 

@@ -36,6 +36,7 @@ struct adapter_config {
   // ---- shared by LoraConfig and VeraConfig ----
   std::size_t r = 8;
   module_spec target_modules;
+  module_spec exclude_modules;
   std::optional<std::vector<std::string>> modules_to_save;
   std::string bias = "none";
   bool fan_in_fan_out = false;
@@ -48,7 +49,6 @@ struct adapter_config {
   std::variant<bool, std::string> init_lora_weights = true;
   std::map<std::string, std::size_t> rank_pattern;
   std::map<std::string, double> alpha_pattern;
-  module_spec exclude_modules;
 
   // ---- VeraConfig ----
   std::uint64_t projection_prng_key = 0;
@@ -112,7 +112,10 @@ struct adapter_config {
       else if (c.is_lora() && k == "lora_dropout") c.lora_dropout = get_number(w, k, v);
       else if (c.is_lora() && k == "use_rslora") c.use_rslora = get_bool(w, k, v);
       else if (c.is_lora() && k == "use_dora") c.use_dora = get_bool(w, k, v);
-      else if (c.is_lora() && k == "exclude_modules") c.exclude_modules = get_module_spec(w, k, v);
+      else if (k == "exclude_modules") {
+        c.exclude_modules = get_module_spec(w, k, v);
+        if (!c.is_lora()) c.extra[k] = v;  // remembers that the key was there (to_json overwrites it)
+      }
       else if (c.is_lora() && k == "init_lora_weights") {
         if (v.is_boolean()) c.init_lora_weights = v.get<bool>();
         else if (v.is_string()) c.init_lora_weights = v.get<std::string>();
@@ -163,12 +166,14 @@ struct adapter_config {
     j["modules_to_save"] = modules_to_save ? nlohmann::json(*modules_to_save) : nlohmann::json(nullptr);
     j["bias"] = bias;
     j["fan_in_fan_out"] = fan_in_fan_out;
+    // LoraConfig always has exclude_modules; other configs when it was read or is set.
+    if (is_lora() || j.contains("exclude_modules") || !std::holds_alternative<std::monostate>(exclude_modules))
+      j["exclude_modules"] = spec_json(exclude_modules);
     if (is_lora()) {
       j["lora_alpha"] = number_json(lora_alpha);
       j["lora_dropout"] = lora_dropout;
       j["use_rslora"] = use_rslora;
       j["use_dora"] = use_dora;
-      j["exclude_modules"] = spec_json(exclude_modules);
       j["init_lora_weights"] = std::visit([](const auto& x) { return nlohmann::json(x); }, init_lora_weights);
       j["rank_pattern"] = nlohmann::json::object();
       for (auto& [k, v] : rank_pattern) j["rank_pattern"][k] = v;

@@ -92,24 +92,25 @@ inline vera_config to_vera_config(const adapter_config& c, std::uint64_t seed = 
   return v;
 }
 
-// Throws io_error (naming `where` and the key) when the config asks for something these
-// adapters cannot reproduce, instead of silently computing something else.
-inline void check_supported(const adapter_config& c, const std::string& where) {
-  auto fail = [&](const std::string& what) { throw io_error(where + ": " + what + " is not supported"); };
-  if (c.fan_in_fan_out) fail("fan_in_fan_out = true (Conv1D-style weights)");
-  if (c.bias != "none") fail("bias = '" + c.bias + "' (only \"none\")");
+// What in the config these adapters cannot reproduce ("" when nothing): a file asking for it is
+// refused instead of silently computing something else.
+inline std::string unsupported_setting(const adapter_config& c) {
+  if (c.fan_in_fan_out) return "fan_in_fan_out = true (Conv1D-style weights)";
+  if (c.bias != "none") return "bias = '" + c.bias + "' (only \"none\")";
+  if (std::holds_alternative<std::string>(c.exclude_modules)) return "exclude_modules as a regex";
+  // Keys kept in `extra` that change which layers are adapted or what they compute.
   for (const char* k : {"layers_to_transform", "layers_pattern", "layer_replication", "megatron_config",
                         "target_parameters", "trainable_token_indices", "alora_invocation_tokens",
-                        "arrow_config", "use_bdlora"}) {
+                        "arrow_config", "use_bdlora", "lora_bias", "use_qalora"}) {
     auto it = c.extra.find(k);
     if (it != c.extra.end() && !it->is_null() && !(it->is_boolean() && !it->get<bool>()))
-      fail(std::string(k) + " = " + it->dump());
+      return std::string(k) + " = " + it->dump(-1, ' ', true, nlohmann::json::error_handler_t::replace);
   }
-  for (const char* k : {"lora_bias", "use_qalora"}) {
-    auto it = c.extra.find(k);
-    if (it != c.extra.end() && !(it->is_boolean() && !it->get<bool>())) fail(std::string(k) + " = " + it->dump());
-  }
-  if (std::holds_alternative<std::string>(c.exclude_modules)) fail("exclude_modules as a regex");
+  return "";
+}
+// Throws io_error naming `where` and the setting.
+inline void check_supported(const adapter_config& c, const std::string& where) {
+  if (const auto why = unsupported_setting(c); !why.empty()) throw io_error(where + ": " + why + " is not supported");
 }
 
 // ---- the adapted layers as PEFT sees them ----
@@ -385,6 +386,8 @@ void save_peft_adapter(const std::string& dir, nn::module<T>& model, const adapt
                        dtype type = dtype::F32) {
   if (!config.is_lora() && !config.is_vera())
     throw value_error("save_peft_adapter: peft_type '" + config.peft_type + "' (LORA or VERA)");
+  if (const auto why = unsupported_setting(config); !why.empty())
+    throw value_error("save_peft_adapter: " + why + " is not supported");
   const auto sd = peft_state_dict(model, config);
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);

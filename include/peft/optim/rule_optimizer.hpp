@@ -217,8 +217,12 @@ class rule_optimizer : public optimizer<T> {
   shape_t update_shape(std::size_t i) const { return update_shape_of(slot(i, "update_shape")); }
 
   void step() override {
-    for (std::size_t gi = 0; gi < groups_.size(); ++gi)
-      groups_[gi].validate(std::string(options_type::name) + " group " + std::to_string(gi));
+    for (std::size_t gi = 0; gi < groups_.size(); ++gi) {
+      std::string who = options_type::name;
+      who += " group ";
+      who += std::to_string(gi);
+      groups_[gi].validate(who);
+    }
     for (std::size_t i = 0; i < slots_.size(); ++i) {
       auto& s = slots_[i];
       if (!s.param.has_grad()) continue;

@@ -1,0 +1,25 @@
+# Driver of the llamacpp_compare test (cmake -P): export, then compare in llama.cpp.
+# Inputs: EXPORT (export_llama), NODE, SCRIPT (compare.mjs), MODULES (node_modules), WORK, REQUIRED.
+cmake_minimum_required(VERSION 3.20)
+if(NOT NODE OR NOT EXISTS "${MODULES}/node-llama-cpp/package.json"
+   OR NOT EXISTS "${MODULES}/@node-llama-cpp/linux-x64/package.json")
+  set(_why "node-llama-cpp is not installed in ${MODULES} (run scripts/install_llamacpp.sh)")
+  if(NOT NODE)
+    set(_why "node was not found")
+  endif()
+  if(REQUIRED)
+    message(FATAL_ERROR "llamacpp_compare: ${_why}")
+  endif()
+  message("llamacpp_compare: SKIPPED: ${_why}")
+  return()
+endif()
+
+file(REMOVE_RECURSE "${WORK}")
+execute_process(COMMAND "${EXPORT}" "${WORK}" RESULT_VARIABLE rc)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "llamacpp_compare: export_llama failed (${rc})")
+endif()
+execute_process(COMMAND "${NODE}" "${SCRIPT}" --dir "${WORK}" --modules "${MODULES}" RESULT_VARIABLE rc)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "llamacpp_compare: llama.cpp disagrees with peft or could not load the files (${rc})")
+endif()
