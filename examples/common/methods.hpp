@@ -54,7 +54,7 @@ inline const std::vector<method_info>& methods() {
       {"dora", "DoRA: magnitude m · direction (W + s·B·A)/||·||", 4, 8, 3e-3},
       {"vera", "VeRA: diag(b)·B·diag(d)·A, A and B shared frozen random", 128, 0, 2e-2},
       {"moe", "mixture of 4 LoRA experts (rank r), top-2 token routing", 4, 8, 3e-3},
-      {"loraxs", "LoRA-XS: B·R·A, A and B from the SVD of W, only R (r×r) trained", 32, 32, 3e-3},
+      {"loraxs", "LoRA-XS: B·R·A, A and B from the SVD of W, only R (r×r) trained", 32, 32, 3e-2},
       {"moslora", "MoSLoRA: B·M·A with a trained r×r mixer M", 4, 8, 3e-3},
       {"fourierft", "FourierFT: n trained spectral coefficients, ΔW = IDFT2", 1000, 150, 5e-2},
       {"dct", "DCT adapter: n trained DCT coefficients, ΔW = IDCT2", 1000, 1, 5e-2},

@@ -1,10 +1,10 @@
-#include <catch2/catch.hpp>
+#include "peft/init/activation.hpp"
 
 #include <Eigen/SVD>
+#include <catch2/catch.hpp>
 #include <cmath>
 
 #include "peft/adapters/lora.hpp"
-#include "peft/init/activation.hpp"
 
 using namespace peft;
 using Catch::Matchers::Contains;
@@ -136,7 +136,8 @@ TEST_CASE("EVA rejects bad input", "[init][eva]") {
   lora_config cfg;
   cfg.r = 3;
   REQUIRE_THROWS_WITH((lora<double>(4, 2, cfg, init::eva(X, 2))), Contains("only 2 components"));
-  REQUIRE_THROWS_WITH((lora<double>(6, 2, cfg, init::eva(X, 3))), Contains("eva: components [3,4]"));
+  REQUIRE_THROWS_WITH((lora<double>(6, 2, cfg, init::eva(X, 3))),
+                      Contains("eva: components [3,4]"));
   init::eva_config bad;
   bad.rho = 0.5;
   REQUIRE_THROWS_WITH(init::eva(X, 2, bad), Contains("rho"));

@@ -1,10 +1,10 @@
-#include <catch2/catch.hpp>
+#include "peft/init/collect.hpp"
 
+#include <catch2/catch.hpp>
 #include <memory>
 
 #include "peft/autograd/ops/mul.hpp"
 #include "peft/autograd/ops/sum.hpp"
-#include "peft/init/collect.hpp"
 
 using namespace peft;
 using Catch::Matchers::Contains;
@@ -135,8 +135,9 @@ TEST_CASE("layer_inputs records each Linear's input rows and restores the module
                       Contains("boom"));
   REQUIRE(m.fc1 == fc1);
   // fc1 alone runs (through the model's slot, which holds the recorder during fn).
-  REQUIRE_THROWS_WITH(layer_inputs(m, {"fc1", "fc2"}, [&] { m.fc1->forward(constant<double>(x1)); }),
-                      Contains("'fc2' received no input"));
+  REQUIRE_THROWS_WITH(
+      layer_inputs(m, {"fc1", "fc2"}, [&] { m.fc1->forward(constant<double>(x1)); }),
+      Contains("'fc2' received no input"));
   REQUIRE(m.fc2 == fc2);
 }
 
@@ -164,8 +165,9 @@ TEST_CASE("inject_lora_ga: per-layer LoRA-GA from the model's gradients, identit
   REQUIRE(a2);
   const auto& l2 = static_cast<const lora<double>&>(a2->get_adapter());
   tensor<double> Wc = ref.l2().weight.value();
-  lora<double> expect(3, 2, detail::init_layer_lora_config(cfg, layer_info<double>{"fc2", 3, 2, 1, 2, nullptr, 1}),
-                      init::lora_ga(G.at("fc2"), ga), &Wc);
+  lora<double> expect(
+      3, 2, detail::init_layer_lora_config(cfg, layer_info<double>{"fc2", 3, 2, 1, 2, nullptr, 1}),
+      init::lora_ga(G.at("fc2"), ga), &Wc);
   REQUIRE(max_abs(as_matrix(l2.lora_A.value()) - as_matrix(expect.lora_A.value())) < 1e-12);
   REQUIRE(max_abs(as_matrix(a2->base_layer->weight.value()) - as_matrix(Wc)) < 1e-12);
   // Only adapter parameters train.
@@ -245,7 +247,8 @@ TEST_CASE("inject_lora_one and inject_lora_sb", "[init][collect]") {
   auto* al = dynamic_cast<adapted_linear<double>*>(m2.find_module("fc2").get());
   REQUIRE(al);
   // One normalised descent step: ΔW ∝ −G_1 with a positive factor.
-  const matrix<double> dW = al->get_adapter().delta_weight(as_matrix(al->base_layer->weight.value()));
+  const matrix<double> dW =
+      al->get_adapter().delta_weight(as_matrix(al->base_layer->weight.value()));
   REQUIRE(dW.cwiseProduct(G.at("fc2")).sum() < 0);
   REQUIRE_THROWS_WITH(inject_lora_one(m2, cfg, opt, loss2), Contains("no target modules matched"));
 }

@@ -1,10 +1,10 @@
-#include <catch2/catch.hpp>
+#include "peft/init/dct.hpp"
 
+#include <catch2/catch.hpp>
 #include <cmath>
 #include <numbers>
 
 #include "peft/adapters/lora.hpp"
-#include "peft/init/dct.hpp"
 
 using namespace peft;
 using Catch::Matchers::Contains;
@@ -26,7 +26,8 @@ TEST_CASE("DCT init: A = lowest DCT-II rows (orthonormal), B = 0", "[init][dct]"
   for (Eigen::Index i = 0; i < 3; ++i)
     for (Eigen::Index j = 0; j < Eigen::Index(in); ++j) {
       const double c = i == 0 ? std::sqrt(1.0 / 8) : std::sqrt(2.0 / 8);
-      REQUIRE_THAT(A(i, j), WithinAbs(c * std::cos(std::numbers::pi * (2 * j + 1) * i / 16.0), 1e-15));
+      REQUIRE_THAT(A(i, j),
+                   WithinAbs(c * std::cos(std::numbers::pi * (2 * j + 1) * i / 16.0), 1e-15));
     }
   for (double v : a.lora_B.value()) REQUIRE(v == 0.0);
   // float

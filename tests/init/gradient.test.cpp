@@ -1,11 +1,11 @@
-#include <catch2/catch.hpp>
+#include "peft/init/gradient.hpp"
 
 #include <Eigen/SVD>
+#include <catch2/catch.hpp>
 #include <cmath>
 
 #include "peft/adapters/lora.hpp"
 #include "peft/adapters/lora_xs.hpp"
-#include "peft/init/gradient.hpp"
 
 using namespace peft;
 using Catch::Matchers::Contains;
@@ -32,7 +32,8 @@ structured rank_k(Eigen::Index m, Eigen::Index n, Eigen::Index k, std::uint64_t 
 }
 matrix<double> proj(const matrix<double>& Q) { return Q * Q.transpose(); }  // Q orthonormal cols
 matrix<double> svd_part(const matrix<double>& M, Eigen::Index r) {
-  Eigen::JacobiSVD<Eigen::MatrixXd> svd(Eigen::MatrixXd(M), Eigen::ComputeThinU | Eigen::ComputeThinV);
+  Eigen::JacobiSVD<Eigen::MatrixXd> svd(Eigen::MatrixXd(M),
+                                        Eigen::ComputeThinU | Eigen::ComputeThinV);
   return svd.matrixU().leftCols(r) * svd.singularValues().head(r).asDiagonal() *
          svd.matrixV().leftCols(r).transpose();
 }
@@ -59,8 +60,8 @@ TEST_CASE("LoRA-GA: factors are singular vectors of G with the stable scale; W_r
   REQUIRE(max_abs(A * A.transpose() - matrix<double>::Identity(2, 2)) < 1e-12);
   REQUIRE(max_abs(A.transpose() * A - proj(S.V.leftCols(2))) < 1e-12);
   REQUIRE(max_abs(B * B.transpose() - proj(S.U.middleCols(2, 2))) < 1e-12);
-  REQUIRE(max_abs(as_matrix(W) + s * as_matrix(a.lora_B.value()) * as_matrix(a.lora_A.value()) - W0) <
-          1e-12);
+  REQUIRE(max_abs(as_matrix(W) + s * as_matrix(a.lora_B.value()) * as_matrix(a.lora_A.value()) -
+                  W0) < 1e-12);
   REQUIRE(init::lora_ga(S.G).peft_init_name() == "lora_ga");
 }
 
@@ -125,7 +126,8 @@ TEST_CASE("LoRA-GA scales and directions", "[init][gradient][lora_ga]") {
   tensor<double> W1 = zeros<double>({out, in}), W2 = zeros<double>({out, in});
   init::lora_ga_options ex;
   ex.kind = init::svd_kind::exact;
-  lora<double> a1(in, out, cfg, init::lora_ga(S.G), &W1), a2(in, out, cfg, init::lora_ga(S.G, ex), &W2);
+  lora<double> a1(in, out, cfg, init::lora_ga(S.G), &W1),
+      a2(in, out, cfg, init::lora_ga(S.G, ex), &W2);
   const matrix<double> A1 = as_matrix(a1.lora_A.value()), A2 = as_matrix(a2.lora_A.value());
   REQUIRE(max_abs(A1.transpose() * A1 - A2.transpose() * A2) < 1e-9);
 }
@@ -149,7 +151,8 @@ TEST_CASE("LoRA-One: s·B·A = s/(γ·σ_1)·(−G)_r, W unchanged", "[init][gra
   const double gamma = 16, s1 = S.s[0];
   REQUIRE(max_abs(B * A - svd_part(-S.G, 3) / (gamma * s1)) < 1e-12);
   const matrix<double> AAt = A * A.transpose();
-  for (Eigen::Index i = 0; i < 3; ++i) REQUIRE_THAT(AAt(i, i), WithinRel(S.s[i] / (s1 * gamma), 1e-12));
+  for (Eigen::Index i = 0; i < 3; ++i)
+    REQUIRE_THAT(AAt(i, i), WithinRel(S.s[i] / (s1 * gamma), 1e-12));
   REQUIRE(max_abs(as_matrix(W) - W0) == 0.0);  // no residual: the init is one descent step
   // Optional residual, and the randomized SVD of the reference.
   tensor<double> W2 = to_tensor(W0);
@@ -161,7 +164,8 @@ TEST_CASE("LoRA-One: s·B·A = s/(γ·σ_1)·(−G)_r, W unchanged", "[init][gra
   REQUIRE(max_abs(as_matrix(W2) + b.scaling() * BA2 - W0) < 1e-12);
 }
 
-TEST_CASE("LoRA-SB: s·B·R·A is the best rank-r approximation of the update", "[init][gradient][lora_sb]") {
+TEST_CASE("LoRA-SB: s·B·R·A is the best rank-r approximation of the update",
+          "[init][gradient][lora_sb]") {
   // Ponkshe et al. 2024 (LoRA-SB): ΔW ≈ −η·sign(G) (Adam's first step) or −η·G (SGD);
   // ΔW ≈ U Σ Vᵀ, B = U_r, A = V_rᵀ, R = Σ_r / s, so s·B·R·A = (ΔW)_r.
   const std::size_t in = 8, out = 7, r = 2;
@@ -223,5 +227,6 @@ TEST_CASE("Gradient inits reject bad input", "[init][gradient]") {
   REQUIRE_THROWS_WITH(make_lora_sb<double>(4, 6, xc, S.G), Contains("lora_sb: gradient [6,5]"));
   init::lora_sb_options so;
   so.subtract_from_weight = true;
-  REQUIRE_THROWS_WITH(make_lora_sb<double>(5, 6, xc, S.G, nullptr, so), Contains("needs the base weight"));
+  REQUIRE_THROWS_WITH(make_lora_sb<double>(5, 6, xc, S.G, nullptr, so),
+                      Contains("needs the base weight"));
 }

@@ -1,8 +1,9 @@
+#include "peft/init/qr.hpp"
+
 #include <catch2/catch.hpp>
 
 #include "peft/adapters/adapted_linear.hpp"
 #include "peft/adapters/lora.hpp"
-#include "peft/init/qr.hpp"
 
 using namespace peft;
 using Catch::Matchers::Contains;

@@ -1,12 +1,12 @@
-#include <catch2/catch.hpp>
+#include "peft/init/svd.hpp"
 
 #include <Eigen/SVD>
+#include <catch2/catch.hpp>
 #include <cmath>
 
 #include "peft/adapters/adapted_linear.hpp"
 #include "peft/adapters/lora.hpp"
 #include "peft/adapters/lora_xs.hpp"
-#include "peft/init/svd.hpp"
 
 using namespace peft;
 using Catch::Matchers::Contains;
@@ -32,7 +32,8 @@ vector<double> decaying(Eigen::Index k) {
 }
 // Independent reference (Jacobi SVD): the sum of the singular triplets [from, from + r).
 matrix<double> svd_part(const matrix<double>& W, Eigen::Index from, Eigen::Index r) {
-  Eigen::JacobiSVD<Eigen::MatrixXd> svd(Eigen::MatrixXd(W), Eigen::ComputeThinU | Eigen::ComputeThinV);
+  Eigen::JacobiSVD<Eigen::MatrixXd> svd(Eigen::MatrixXd(W),
+                                        Eigen::ComputeThinU | Eigen::ComputeThinV);
   return svd.matrixU().middleCols(from, r) * svd.singularValues().segment(from, r).asDiagonal() *
          svd.matrixV().middleCols(from, r).transpose();
 }
@@ -119,8 +120,8 @@ TEST_CASE("PiSSA in float: factors and residual in float, identity to float roun
   lora_config cfg;
   cfg.r = 3;
   lora<float> a(10, 6, cfg, init::pissa{}, &W);
-  const matrix<float> rec = as_matrix(W) + float(a.scaling()) * as_matrix(a.lora_B.value()) *
-                                                as_matrix(a.lora_A.value());
+  const matrix<float> rec =
+      as_matrix(W) + float(a.scaling()) * as_matrix(a.lora_B.value()) * as_matrix(a.lora_A.value());
   REQUIRE((rec - Wf).cwiseAbs().maxCoeff() < 1e-5f);
 }
 
@@ -149,7 +150,8 @@ TEST_CASE("LoRA-XS bases: randomized close to exact; sigma placement", "[init][s
   cfg.r_init_std = 0;
   lora_xs<double> ex(24, 20, cfg, W, init::lora_xs_svd{});
   lora_xs<double> rnd(24, 20, cfg, W, init::lora_xs_bases{});  // randomized, Σ in A
-  lora_xs<double> ex2(24, 20, cfg, W, init::lora_xs_bases{init::svd_sigma::a, init::svd_kind::exact});
+  lora_xs<double> ex2(24, 20, cfg, W,
+                      init::lora_xs_bases{init::svd_sigma::a, init::svd_kind::exact});
   REQUIRE(max_abs(as_matrix(ex2.lora_A.value()) - as_matrix(ex.lora_A.value())) < 1e-12);
   REQUIRE(max_abs(as_matrix(ex2.lora_B.value()) - as_matrix(ex.lora_B.value())) < 1e-12);
   // B·A of either is U_r Σ_r V_rᵀ (signs of singular vectors cancel in the product).
@@ -157,7 +159,8 @@ TEST_CASE("LoRA-XS bases: randomized close to exact; sigma placement", "[init][s
   REQUIRE(max_abs(as_matrix(rnd.lora_B.value()) * as_matrix(rnd.lora_A.value()) - top) < 1e-8);
   REQUIRE(max_abs(as_matrix(W) - W0) == 0.0);  // LoRA-XS leaves W alone
   lora_xs<double> split(24, 20, cfg, W, init::lora_xs_bases{init::svd_sigma::split});
-  const matrix<double> BtB = as_matrix(split.lora_B.value()).transpose() * as_matrix(split.lora_B.value());
+  const matrix<double> BtB =
+      as_matrix(split.lora_B.value()).transpose() * as_matrix(split.lora_B.value());
   REQUIRE_THAT(BtB(0, 0), WithinRel(3.0, 1e-8));  // √σ_1 on each side: ‖B_0‖² = σ_1
 }
 
@@ -172,7 +175,7 @@ TEST_CASE("SVD inits reject bad input", "[init][svd]") {
   REQUIRE_THROWS_WITH((lora<double>(6, 4, cfg, init::milora{})), Contains("milora"));
   // Randomized SVD cannot give the smallest triplets.
   rng g(1);
-  REQUIRE_THROWS_WITH(detail::init_svd(matrix<double>::Identity(4, 4), 2, init::svd_kind::randomized,
-                                       2, 0, g, false),
+  REQUIRE_THROWS_WITH(detail::init_svd(matrix<double>::Identity(4, 4), 2,
+                                       init::svd_kind::randomized, 2, 0, g, false),
                       Contains("smallest"));
 }

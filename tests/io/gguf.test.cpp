@@ -456,3 +456,42 @@ TEST_CASE("every truncation and many byte corruptions of a valid file give io_er
   CHECK(ok + rejected == 3000);
   CHECK(rejected > 0);
 }
+
+// Regenerates the fuzzing seed corpus (fuzz/gguf_fuzz.cpp, scripts/fuzz_smoke.sh):
+//   test_io_gguf "[.seeds]"   (run from any directory; writes tests/io/data/gguf/*.gguf)
+TEST_CASE("write the GGUF fuzzing seed corpus", "[.seeds]") {
+  const auto dir = std::filesystem::path(__FILE__).parent_path() / "data" / "gguf";
+  std::filesystem::create_directories(dir);
+  gguf_file empty;
+  empty.save((dir / "empty.gguf").string());
+  sample_file().save((dir / "all_types.gguf").string());
+  gguf_file q;
+  q.set("general.alignment", std::uint32_t(64));
+  q.add_tensor("q8", ggml_type::Q8_0, {32, 2}, std::vector<std::uint8_t>(68, 1));
+  q.add_tensor("q4", ggml_type::Q4_0, {32}, std::vector<std::uint8_t>(18, 0x3c));
+  q.add_tensor("q41", ggml_type::Q4_1, {32}, std::vector<std::uint8_t>(20, 0x3c));
+  q.add_tensor("k", ggml_type::Q4_K, {256}, std::vector<std::uint8_t>(144, 0));
+  q.add_tensor("i32", ggml_type::I32, {3}, std::vector<std::uint8_t>(12, 7));
+  q.save((dir / "quantized_align64.gguf").string());
+  // A complete tiny llama (vocab 8, dim 4, 1 layer), so the llama mapping gets fuzzed too.
+  gguf_file l;
+  l.set("general.architecture", "llama");
+  l.set("llama.embedding_length", std::uint32_t(4));
+  l.set("llama.block_count", std::uint32_t(1));
+  l.set("llama.feed_forward_length", std::uint32_t(4));
+  l.set("llama.attention.head_count", std::uint32_t(2));
+  l.set("llama.attention.head_count_kv", std::uint32_t(1));
+  l.set("llama.context_length", std::uint32_t(16));
+  l.set("llama.rope.freq_base", 10000.0f);
+  l.set("llama.attention.layer_norm_rms_epsilon", 1e-5f);
+  rng g(1);
+  l.add_tensor("token_embd.weight", randn<float>({8, 4}, g));
+  l.add_tensor("output_norm.weight", randn<float>({4}, g));
+  for (const char* n : {"attn_norm", "ffn_norm"}) l.add_tensor(std::string("blk.0.") + n + ".weight", randn<float>({4}, g));
+  l.add_tensor("blk.0.attn_q.weight", randn<float>({4, 4}, g), ggml_type::F16);
+  l.add_tensor("blk.0.attn_k.weight", randn<float>({2, 4}, g));
+  l.add_tensor("blk.0.attn_v.weight", randn<float>({2, 4}, g), ggml_type::BF16);
+  l.add_tensor("blk.0.attn_output.weight", randn<float>({4, 4}, g));
+  for (const char* n : {"ffn_gate", "ffn_up", "ffn_down"}) l.add_tensor(std::string("blk.0.") + n + ".weight", randn<float>({4, 4}, g));
+  l.save((dir / "tiny_llama.gguf").string());
+}

@@ -268,7 +268,7 @@ TEST_CASE("malformed llama files are refused with io_error", "[io][gguf_llama]")
   {
     gguf_file f = good;
     f.erase_tensor("blk.1.ffn_up.weight");
-    CHECK_THAT(io_message([&] { io::llama_from_gguf<float>(f); }), Catch::Matchers::Contains("missing tensor 'layers.1.mlp.up_proj.weight'"));
+    CHECK_THAT(io_message([&] { io::llama_from_gguf<float>(f); }), Catch::Matchers::Contains("missing tensor 'blk.1.ffn_up.weight'"));
   }
   {
     gguf_file f = good;
@@ -301,6 +301,32 @@ TEST_CASE("malformed llama files are refused with io_error", "[io][gguf_llama]")
     f.set("llama.attention.head_count", std::uint64_t(8));
     f.set("llama.attention.head_count_kv", std::uint64_t(4));
     CHECK_THAT(io_message([&] { io::llama_from_gguf<float>(f); }), Catch::Matchers::Contains("token_embd.weight has ne [16,256]"));
+  }
+  {
+    gguf_file f = good;
+    f.erase_tensor("blk.0.ffn_gate.weight");
+    f.add_tensor("blk.0.ffn_gate.weight", tensor<float>(zeros<float>({16, 24})));
+    CHECK_THAT(io_message([&] { io::llama_from_gguf<float>(f); }),
+               Catch::Matchers::Contains("'blk.0.ffn_gate.weight' has shape [16,24], expected [24,16]"));
+  }
+  {
+    gguf_file f = good;
+    f.set("llama.block_count", std::uint32_t(4000000000u));  // refused before anything is allocated
+    CHECK_THAT(io_message([&] { io::llama_from_gguf<float>(f); }), Catch::Matchers::Contains("but only 21 tensors"));
+  }
+  {
+    gguf_file f = good;
+    f.set("llama.context_length", std::uint32_t(4000000000u));  // only sizes RoPE tables: capped
+    CHECK(io::gguf_llama_config(f).max_seq == 8192);
+    CHECK(io::gguf_llama_config(f, 100).max_seq == 100);
+    f.set("llama.attention.head_count", std::uint32_t(16));  // head size 1
+    f.set("llama.attention.head_count_kv", std::uint32_t(16));
+    CHECK_THAT(io_message([&] { io::gguf_llama_config(f); }), Catch::Matchers::Contains("heads of even size"));
+  }
+  {
+    gguf_file f = good;
+    f.set("llama.rope.freq_base", -1.0f);
+    CHECK_THAT(io_message([&] { io::gguf_llama_config(f); }), Catch::Matchers::Contains("freq_base"));
   }
   {
     gguf_file f = good;

@@ -660,6 +660,20 @@ TEST_CASE("GaLore refreshes per parameter exactly at the gap under projected<>",
   REQUIRE(opt.projector(1).side() == optim::projection_side::left);
 }
 
+TEST_CASE("projected<adamw8bit> keeps its low-rank moments in 8 bits", "[optim][projected]") {
+  auto W = parameter<float>(random_tensor<float>({64, 96}, 1));
+  optim::galore_options go;
+  go.rank = 64;
+  optim::projected<optim::adamw8bit<float>, optim::galore_projector<float>> opt({W}, {}, go);
+  REQUIRE(opt.name() == "projected adamw (8-bit states)");
+  set_grad(W, random_tensor<float>({64, 96}, 2));
+  opt.step();
+  // low [64, 96] -> left side (64 < 96): [64, 96] moments of 6144 elements >= 4096: 8-bit.
+  REQUIRE(opt.update_shape(0) == shape_t{64, 96});
+  REQUIRE(opt.state_bytes(0) == 2 * (6144 + 24 * 4) + 64 * 64 * sizeof(float));
+  REQUIRE(opt.named_state().at(0).tensors.count("exp_avg.codes") == 1);
+}
+
 TEST_CASE("per-parameter projector seeds are reproducible and distinct", "[optim][projected]") {
   std::vector<std::uint64_t> seeds;
   auto f = [&](const optim::projector_site& s) {

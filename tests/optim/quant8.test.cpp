@@ -87,6 +87,26 @@ TEST_CASE("codes are the nearest code-book values", "[optim][quant8]") {
     }
 }
 
+TEST_CASE("the table-driven search agrees with binary search everywhere", "[optim][quant8]") {
+  rng g(8);
+  std::vector<float> ys{0.0f, -0.0f, 1.0f, -1.0f, 2.0f, -2.0f, 1e-30f, -1e-30f, 0.55e-6f};
+  for (int k = 0; k < 200000; ++k) {
+    const double mag = std::pow(10.0, -9.0 * g.uniform()) * 1.1;
+    ys.push_back(float(g.uniform() < 0.5 ? -mag : mag));
+  }
+  for (auto m : {quant_map::dynamic, quant_map::linear})
+    for (bool sgn : {true, false}) {
+      const auto& book = detail::quant_book(m, sgn);
+      for (float y : ys) {
+        INFO("y = " << y);
+        REQUIRE(book.nearest(y) == detail::nearest_code(book.values, y));
+      }
+      // Every code value maps to itself (or to an equal value).
+      for (std::size_t i = 0; i < 256; ++i)
+        REQUIRE(book.values[book.nearest(book.values[i])] == book.values[i]);
+    }
+}
+
 TEST_CASE("linear map: error <= absmax / 127 / 2 (signed), absmax / 255 / 2 (unsigned)",
           "[optim][quant8]") {
   for (bool sgn : {true, false}) {

@@ -111,7 +111,8 @@ inline std::size_t eva_max_components(std::size_t layer_rank, double rho) {
 inline std::map<std::string, std::size_t> eva_rank_distribution(
     const std::map<std::string, vector<double>>& ratios,
     const std::map<std::string, std::size_t>& layer_ranks, double rho) {
-  if (!(rho >= 1.0)) throw value_error("eva_rank_distribution: rho " + std::to_string(rho) + " must be >= 1");
+  if (!(rho >= 1.0))
+    throw value_error("eva_rank_distribution: rho " + std::to_string(rho) + " must be >= 1");
   struct entry {
     double ratio;
     const std::string* layer;
@@ -123,7 +124,8 @@ inline std::map<std::string, std::size_t> eva_rank_distribution(
     auto it = ratios.find(layer);
     if (it == ratios.end())
       throw value_error("eva_rank_distribution: no explained variance for layer '" + layer + "'");
-    const std::size_t m = std::min<std::size_t>(eva_max_components(r, rho), std::size_t(it->second.size()));
+    const std::size_t m =
+        std::min<std::size_t>(eva_max_components(r, rho), std::size_t(it->second.size()));
     for (std::size_t i = 0; i < m; ++i) pool.push_back({it->second[Eigen::Index(i)], &it->first});
     budget += r;
     counts[layer] = 0;

@@ -222,7 +222,8 @@ template <class T>
 std::vector<std::string> collect_paths_or_throw(nn::module<T>& model, const inject_options& opt,
                                                 const char* op) {
   auto paths = target_paths(model, opt);
-  if (paths.empty()) throw value_error(std::string(op) + ": no target modules matched in the model");
+  if (paths.empty())
+    throw value_error(std::string(op) + ": no target modules matched in the model");
   return paths;
 }
 // inject_lora's per-layer config (rank/alpha patterns applied, seed derived from the index).
@@ -277,7 +278,8 @@ injection_report inject_lora_sb(nn::module<T>& model, const lora_xs_config& cfg,
     c.r = info.r;
     c.alpha = info.alpha;
     c.seed = rng(cfg.seed).fork(info.index).next_u64();
-    return make_lora_sb<T>(info.in, info.out, c, grads.at(info.path), &info.base->weight.value(), sb);
+    return make_lora_sb<T>(info.in, info.out, c, grads.at(info.path), &info.base->weight.value(),
+                           sb);
   });
 }
 
@@ -334,20 +336,22 @@ eva_injection inject_eva(nn::module<T>& model, const lora_config& cfg, const inj
   for (auto& p : paths) {
     const std::size_t r = ranks.at(p);
     res.rank_pattern[p] = r;
-    res.alpha_pattern[p] =
-        ec.adjust_scaling_factors ? layer_alpha[p] * double(r) / double(layer_r[p]) : layer_alpha[p];
+    res.alpha_pattern[p] = ec.adjust_scaling_factors
+                               ? layer_alpha[p] * double(r) / double(layer_r[p])
+                               : layer_alpha[p];
     if (r > 0) kept.push_back(p);
   }
   if (kept.empty()) throw value_error("inject_eva: every target got rank 0");
-  res.report = inject_adapters<T>(
-      model, detail::init_exact_targets(opt, kept), cfg.r, cfg.alpha, [&](const layer_info<T>& info) {
-        lora_config c = detail::init_layer_lora_config(cfg, info);
-        c.r = res.rank_pattern.at(info.path);
-        c.alpha = res.alpha_pattern.at(info.path);
-        return std::make_shared<lora<T>>(info.in, info.out, c,
-                                         init::eva(dec.at(info.path), ec.whiten),
-                                         &info.base->weight.value());
-      });
+  res.report =
+      inject_adapters<T>(model, detail::init_exact_targets(opt, kept), cfg.r, cfg.alpha,
+                         [&](const layer_info<T>& info) {
+                           lora_config c = detail::init_layer_lora_config(cfg, info);
+                           c.r = res.rank_pattern.at(info.path);
+                           c.alpha = res.alpha_pattern.at(info.path);
+                           return std::make_shared<lora<T>>(info.in, info.out, c,
+                                                            init::eva(dec.at(info.path), ec.whiten),
+                                                            &info.base->weight.value());
+                         });
   return res;
 }
 

@@ -142,13 +142,15 @@ class lora_ga {
 
     double c = 1;
     switch (opt_.scale) {
-      case lora_ga_scale::stable: c = std::pow(double(out), 0.25) / std::sqrt(opt_.stable_gamma); break;
+      case lora_ga_scale::stable:
+        c = std::pow(double(out), 0.25) / std::sqrt(opt_.stable_gamma);
+        break;
       case lora_ga_scale::gd: c = 1.0 / t.scaling; break;
       case lora_ga_scale::unit: break;
       case lora_ga_scale::weight_s: {
         const std::size_t qw = std::min(4 * r, std::min(out, in));
-        const auto dw = detail::init_svd(detail::init_to_double(W), r, opt_.kind, opt_.niter,
-                                         qw - r, t.g);
+        const auto dw =
+            detail::init_svd(detail::init_to_double(W), r, opt_.kind, opt_.niter, qw - r, t.g);
         c = (dw.S / t.scaling).cwiseSqrt().mean();
         break;
       }
@@ -254,10 +256,9 @@ lora_sb_factors<T> lora_sb_init(const Eigen::MatrixBase<Derived>& G, std::size_t
   const std::size_t out = std::size_t(Gd.rows()), in = std::size_t(Gd.cols());
   if (!Gd.allFinite()) throw value_error("lora_sb: gradient has non-finite values");
   detail::init_check_rank("lora_sb", r, out, in);
-  const matrix<double> dW =
-      opt.rule == update_rule::adam
-          ? matrix<double>(-opt.lr * Gd.unaryExpr([](double v) { return double((v > 0) - (v < 0)); }))
-          : matrix<double>(-opt.lr * Gd);
+  matrix<double> dW = -opt.lr * Gd;
+  if (opt.rule == update_rule::adam)  // −η·sign(G), sign(0) = 0 as torch.sign
+    dW = -opt.lr * Gd.unaryExpr([](double v) { return double((v > 0) - (v < 0)); });
   const auto d = detail::init_svd(dW, r, opt.kind, opt.niter, opt.oversample, g);
   lora_sb_factors<T> f{tensor<T>::from_shape({r, in}), tensor<T>::from_shape({r, r}),
                        tensor<T>::from_shape({out, r})};
@@ -274,7 +275,8 @@ lora_sb_factors<T> lora_sb_init(const Eigen::MatrixBase<Derived>& G, std::size_t
 // W ← W − s·B·R·A), otherwise only its shape is checked.
 template <class T, class Derived>
 std::shared_ptr<lora_xs<T>> make_lora_sb(std::size_t in, std::size_t out, const lora_xs_config& cfg,
-                                         const Eigen::MatrixBase<Derived>& G, tensor<T>* W = nullptr,
+                                         const Eigen::MatrixBase<Derived>& G,
+                                         tensor<T>* W = nullptr,
                                          const init::lora_sb_options& opt = {}) {
   cfg.validate("lora_sb");
   if (std::size_t(G.rows()) != out || std::size_t(G.cols()) != in)
@@ -282,8 +284,8 @@ std::shared_ptr<lora_xs<T>> make_lora_sb(std::size_t in, std::size_t out, const 
                       std::to_string(G.cols()) + "] for in=" + std::to_string(in) +
                       ", out=" + std::to_string(out));
   if (W && shape_of(*W) != shape_t{out, in})
-    throw shape_error("lora_sb: base weight " + shape_str(W->shape()) + " for in=" +
-                      std::to_string(in) + ", out=" + std::to_string(out));
+    throw shape_error("lora_sb: base weight " + shape_str(W->shape()) +
+                      " for in=" + std::to_string(in) + ", out=" + std::to_string(out));
   if (opt.subtract_from_weight && !W)
     throw value_error("lora_sb: subtract_from_weight needs the base weight W");
   rng g = rng(cfg.seed).fork(0);

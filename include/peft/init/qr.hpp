@@ -27,8 +27,7 @@ struct olora {
     Eigen::HouseholderQR<matrix<double>> qr(detail::init_to_double(W));
     // Thin Q: apply the Householder reflectors to the first r columns of the identity.
     const matrix<double> Q = qr.householderQ() * matrix<double>::Identity(Eigen::Index(out), ri);
-    const matrix<double> R =
-        qr.matrixQR().topRows(ri).template triangularView<Eigen::Upper>();
+    const matrix<double> R = qr.matrixQR().topRows(ri).template triangularView<Eigen::Upper>();
     as_matrix(t.A) = R.template cast<T>();
     as_matrix(t.B) = Q.template cast<T>();
     detail::init_subtract_scaled(W, t.B, t.A, t.scaling);

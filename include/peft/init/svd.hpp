@@ -66,19 +66,21 @@ matrix<double> init_to_double(const tensor<T>& W) {
 template <class T>
 void init_subtract_scaled(tensor<T>& W, const tensor<T>& B, const tensor<T>& A, double s) {
   auto Wm = as_matrix(W);
-  const matrix<double> res = Wm.template cast<double>() -
-                      s * (as_matrix(B).template cast<double>() * as_matrix(A).template cast<double>());
+  const matrix<double> res =
+      Wm.template cast<double>() -
+      s * (as_matrix(B).template cast<double>() * as_matrix(A).template cast<double>());
   Wm = res.template cast<T>();
 }
 
 // Truncated SVD of M (r triplets), exact or randomized. Randomized only finds the largest ones.
 inline svd_result<double> init_svd(const matrix<double>& M, std::size_t r, init::svd_kind kind,
-                                std::size_t niter, std::size_t oversample, rng& g,
-                                bool largest = true) {
+                                   std::size_t niter, std::size_t oversample, rng& g,
+                                   bool largest = true) {
   if (kind == init::svd_kind::randomized) {
     if (!largest)
-      throw value_error("svd init: the randomized SVD finds the largest singular triplets only; "
-                        "use svd_kind::exact for the smallest");
+      throw value_error(
+          "svd init: the randomized SVD finds the largest singular triplets only; "
+          "use svd_kind::exact for the smallest");
     return randomized_svd<double>(M, r, niter, g, oversample);
   }
   return truncated_svd<double>(M, r, largest);
@@ -129,7 +131,8 @@ struct milora {
     tensor<T>& W = detail::init_checked_base(t, "milora");
     const std::size_t r = t.A.shape()[0], out = W.shape()[0], in = W.shape()[1];
     detail::init_check_rank("milora", r, out, in);
-    const auto d = peft::detail::truncated_svd<double>(detail::init_to_double(W), r, /*largest=*/false);
+    const auto d =
+        peft::detail::truncated_svd<double>(detail::init_to_double(W), r, /*largest=*/false);
     detail::init_sqrt_split(d, t.scaling, t.A, t.B);
     detail::init_subtract_scaled(W, t.B, t.A, t.scaling);
   }
@@ -152,10 +155,10 @@ struct lora_xs_bases {
     const auto d = detail::init_svd(detail::init_to_double(W), r, kind, niter, oversample, t.g);
     const auto ri = Eigen::Index(r);
     const Eigen::VectorXd ones = Eigen::VectorXd::Ones(ri), sq = d.S.cwiseSqrt();
-    const Eigen::VectorXd sa = sigma == svd_sigma::a ? Eigen::VectorXd(d.S)
+    const Eigen::VectorXd sa = sigma == svd_sigma::a   ? Eigen::VectorXd(d.S)
                                : sigma == svd_sigma::b ? ones
                                                        : sq;
-    const Eigen::VectorXd sb = sigma == svd_sigma::b ? Eigen::VectorXd(d.S)
+    const Eigen::VectorXd sb = sigma == svd_sigma::b   ? Eigen::VectorXd(d.S)
                                : sigma == svd_sigma::a ? ones
                                                        : sq;
     as_matrix(t.A) = (sa.asDiagonal() * d.V.transpose()).template cast<T>();

@@ -157,6 +157,7 @@ constexpr std::uint32_t gguf_default_alignment = 32;
 class gguf_value;
 
 namespace detail {
+struct gguf_codec;
 template <class V> struct gguf_type_of;
 template <> struct gguf_type_of<std::uint8_t> { static constexpr auto value = gguf_value_type::uint8; };
 template <> struct gguf_type_of<std::int8_t> { static constexpr auto value = gguf_value_type::int8; };
@@ -293,7 +294,7 @@ class gguf_value {
   storage_t v_;
 
   friend class gguf_file;
-  friend struct gguf_codec;
+  friend struct detail::gguf_codec;
 };
 
 // One tensor: its type, its dims in ggml order and its raw little-endian bytes.
@@ -437,6 +438,7 @@ struct gguf_reader {
 };
 }  // namespace detail
 
+namespace detail {
 // Serialisation of metadata values (kept apart from gguf_file so both the reader and the writer
 // see one definition of the layout).
 struct gguf_codec {
@@ -581,6 +583,7 @@ struct gguf_codec {
     write_payload(out, v);
   }
 };
+}  // namespace detail
 
 // A GGUF file in memory: ordered metadata and ordered tensors.
 class gguf_file {
@@ -770,8 +773,8 @@ class gguf_file {
         r.fail("duplicate metadata key '" + key + "'");
       }
       const std::string vw = "value of '" + key + "'";
-      const auto t = gguf_codec::read_type(r, vw);
-      gguf_value v = gguf_codec::read_value(r, t, vw);
+      const auto t = detail::gguf_codec::read_type(r, vw);
+      gguf_value v = detail::gguf_codec::read_value(r, t, vw);
       seen.emplace(key, f.kv_.size());
       f.kv_.emplace_back(std::move(key), std::move(v));
     }
@@ -902,20 +905,20 @@ class gguf_file {
   void write_to(std::vector<std::uint8_t>& out) const {
     const std::uint64_t align = alignment();
     out.insert(out.end(), {'G', 'G', 'U', 'F'});
-    gguf_codec::put<std::uint32_t>(out, 3);
-    gguf_codec::put<std::uint64_t>(out, tensors_.size());
-    gguf_codec::put<std::uint64_t>(out, kv_.size());
+    detail::gguf_codec::put<std::uint32_t>(out, 3);
+    detail::gguf_codec::put<std::uint64_t>(out, tensors_.size());
+    detail::gguf_codec::put<std::uint64_t>(out, kv_.size());
     for (auto& [k, v] : kv_) {
-      gguf_codec::put_string(out, k);
-      gguf_codec::write_value(out, v);
+      detail::gguf_codec::put_string(out, k);
+      detail::gguf_codec::write_value(out, v);
     }
     std::uint64_t offset = 0;
     for (auto& [name, t] : tensors_) {
-      gguf_codec::put_string(out, name);
-      gguf_codec::put<std::uint32_t>(out, std::uint32_t(t.ne.size()));
-      for (auto d : t.ne) gguf_codec::put<std::uint64_t>(out, d);
-      gguf_codec::put<std::uint32_t>(out, std::uint32_t(t.type));
-      gguf_codec::put<std::uint64_t>(out, offset);
+      detail::gguf_codec::put_string(out, name);
+      detail::gguf_codec::put<std::uint32_t>(out, std::uint32_t(t.ne.size()));
+      for (auto d : t.ne) detail::gguf_codec::put<std::uint64_t>(out, d);
+      detail::gguf_codec::put<std::uint32_t>(out, std::uint32_t(t.type));
+      detail::gguf_codec::put<std::uint64_t>(out, offset);
       offset += detail::gguf_pad(t.data.size(), align);
     }
     if (tensors_.empty()) return;

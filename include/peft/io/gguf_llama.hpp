@@ -31,6 +31,7 @@
 // or, by default, s·r of the first adapted module. Other factored adapters (VeRA, LoRA-XS, ...)
 // export their Bf·Af = ΔW factors the same way; adapters without factors (DoRA, MoE) cannot be
 // expressed as a llama.cpp LoRA and are refused (merge them into the base instead).
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -337,8 +338,10 @@ inline void expect_architecture(const gguf_file& f) {
 }  // namespace detail
 
 // The llama_config a GGUF llama file describes. io_error for anything nn::llama cannot represent
-// (partial rotary, rope scaling, experts, head sizes other than dim / n_heads).
-inline nn::llama_config gguf_llama_config(const gguf_file& f) {
+// (partial rotary, rope scaling, experts, head sizes other than dim / n_heads) or any value its
+// constructor would refuse. max_seq is the file's context_length capped at max_seq_cap: it only
+// sizes the RoPE tables, and a hostile file could otherwise ask for gigabytes of them.
+inline nn::llama_config gguf_llama_config(const gguf_file& f, std::size_t max_seq_cap = 8192) {
   detail::expect_architecture(f);
   const std::string w = "gguf '" + f.source() + "'";
   nn::llama_config c;
@@ -347,12 +350,20 @@ inline nn::llama_config gguf_llama_config(const gguf_file& f) {
   c.hidden_dim = detail::gguf_count(f, "llama.feed_forward_length", true);
   c.n_heads = detail::gguf_count(f, "llama.attention.head_count", true);
   c.n_kv_heads = detail::gguf_count(f, "llama.attention.head_count_kv", false, c.n_heads);
-  c.max_seq = detail::gguf_count(f, "llama.context_length", false, 2048);
+  c.max_seq = std::min(detail::gguf_count(f, "llama.context_length", false, 2048), max_seq_cap);
   c.rope_theta = detail::gguf_real(f, "llama.rope.freq_base", 10000.0);
   c.norm_eps = detail::gguf_real(f, "llama.attention.layer_norm_rms_epsilon", 1e-5);
-  if (c.dim == 0 || c.n_heads == 0 || c.dim % c.n_heads != 0 || c.n_kv_heads == 0 || c.n_heads % c.n_kv_heads != 0)
+  if (c.dim == 0 || c.n_heads == 0 || c.dim % c.n_heads != 0 || c.n_kv_heads == 0 || c.n_heads % c.n_kv_heads != 0 ||
+      (c.dim / c.n_heads) % 2 != 0)
     throw io_error(w + ": embedding_length " + std::to_string(c.dim) + ", head_count " + std::to_string(c.n_heads) +
-                   ", head_count_kv " + std::to_string(c.n_kv_heads) + " do not form a valid attention layout");
+                   ", head_count_kv " + std::to_string(c.n_kv_heads) +
+                   " do not form a valid attention layout (heads of even size, kv heads dividing heads)");
+  if (c.hidden_dim == 0) throw io_error(w + ": llama.feed_forward_length is 0");
+  if (c.max_seq == 0) throw io_error(w + ": llama.context_length is 0");
+  if (!(std::isfinite(c.rope_theta) && c.rope_theta > 0))
+    throw io_error(w + ": llama.rope.freq_base " + std::to_string(c.rope_theta) + " is not a positive number");
+  if (!(std::isfinite(c.norm_eps) && c.norm_eps >= 0))
+    throw io_error(w + ": llama.attention.layer_norm_rms_epsilon " + std::to_string(c.norm_eps) + " is not >= 0");
   const std::size_t hd = c.dim / c.n_heads;
   if (detail::gguf_count(f, "llama.rope.dimension_count", false, hd) != hd)
     throw io_error(w + ": llama.rope.dimension_count differs from the head size " + std::to_string(hd) +
@@ -366,7 +377,7 @@ inline nn::llama_config gguf_llama_config(const gguf_file& f) {
     if (s->type() != gguf_value_type::string || s->get<std::string>() != "none")
       throw io_error(w + ": rope scaling is not supported");
   const gguf_tensor& emb = f.tensor_at("token_embd.weight");
-  if (emb.ne.size() != 2 || emb.ne[0] != c.dim)
+  if (emb.ne.size() != 2 || emb.ne[0] != c.dim || emb.ne[1] == 0)
     throw io_error(w + ": token_embd.weight has ne " + shape_str(emb.ne) + ", expected [" + std::to_string(c.dim) +
                    ", vocab]");
   c.vocab = std::size_t(emb.ne[1]);
@@ -374,42 +385,64 @@ inline nn::llama_config gguf_llama_config(const gguf_file& f) {
   return c;
 }
 
-// Builds an nn::llama<T> from a GGUF llama file: every tensor must be present with the shape
-// the metadata implies, and nothing else may be there (a strict load).
+// Builds an nn::llama<T> from a GGUF llama file: exactly the tensors the metadata implies, with
+// their shapes, must be there (checked before anything is allocated), in a type that converts.
 template <class T>
-std::shared_ptr<nn::llama<T>> llama_from_gguf(const gguf_file& f) {
-  const nn::llama_config c = gguf_llama_config(f);
+std::shared_ptr<nn::llama<T>> llama_from_gguf(const gguf_file& f, std::size_t max_seq_cap = 8192) {
+  const nn::llama_config c = gguf_llama_config(f, max_seq_cap);
   const std::string w = "gguf '" + f.source() + "'";
+  // Expected tensors (row-major shapes) by GGUF name.
+  const std::size_t kvd = c.n_kv_heads * (c.dim / c.n_heads);
+  std::map<std::string, shape_t> expect{{"token_embd.weight", {c.vocab, c.dim}}, {"output_norm.weight", {c.dim}}};
+  if (!c.tie_embeddings) expect.emplace("output.weight", shape_t{c.vocab, c.dim});
+  if (c.n_layers > f.tensors().size())
+    throw io_error(w + ": llama.block_count " + std::to_string(c.n_layers) + " but only " +
+                   std::to_string(f.tensors().size()) + " tensors");
+  for (std::size_t i = 0; i < c.n_layers; ++i) {
+    const std::string p = "blk." + std::to_string(i) + ".";
+    expect.emplace(p + "attn_norm.weight", shape_t{c.dim});
+    expect.emplace(p + "ffn_norm.weight", shape_t{c.dim});
+    expect.emplace(p + "attn_q.weight", shape_t{c.dim, c.dim});
+    expect.emplace(p + "attn_k.weight", shape_t{kvd, c.dim});
+    expect.emplace(p + "attn_v.weight", shape_t{kvd, c.dim});
+    expect.emplace(p + "attn_output.weight", shape_t{c.dim, c.dim});
+    expect.emplace(p + "ffn_gate.weight", shape_t{c.hidden_dim, c.dim});
+    expect.emplace(p + "ffn_up.weight", shape_t{c.hidden_dim, c.dim});
+    expect.emplace(p + "ffn_down.weight", shape_t{c.dim, c.hidden_dim});
+  }
+  for (auto& [name, t] : f.tensors()) {
+    auto it = expect.find(name);
+    if (it == expect.end()) {
+      if (name == "rope_freqs.weight") throw io_error(w + ": rope_freqs (llama-3 rope scaling) is not supported");
+      throw io_error(w + ": tensor '" + name + "' has no place in an nn::llama with " + std::to_string(c.n_layers) +
+                     " layers");
+    }
+    if (t.shape() != it->second)
+      throw io_error(w + ": tensor '" + name + "' has shape " + shape_str(t.shape()) + ", expected " +
+                     shape_str(it->second));
+    if (!ggml_type_decodable(t.type))
+      throw io_error(w + ": tensor '" + name + "' is " + ggml_type_name(t.type) + ", which cannot be converted");
+  }
+  for (auto& [name, shape] : expect)
+    if (!f.has_tensor(name)) throw io_error(w + ": missing tensor '" + name + "'");
+
   rng g(0);  // the initial values are all overwritten
   auto model = std::make_shared<nn::llama<T>>(c, g);
   nn::state_dict<T> sd;
   for (auto& [name, t] : f.tensors()) {
-    if (name == "rope_freqs.weight") throw io_error(w + ": rope_freqs (llama-3 rope scaling) is not supported");
-    const auto hf = hf_llama_name(name);
-    if (!hf) throw io_error(w + ": tensor '" + name + "' has no place in an nn::llama");
-    if (!ggml_type_decodable(t.type))
-      throw io_error(w + ": tensor '" + name + "' is " + ggml_type_name(t.type) + ", which cannot be converted");
+    const std::string hf = *hf_llama_name(name);
     tensor<T> v = f.get_tensor<T>(name);
-    const std::string path = hf->substr(0, hf->size() - 7);  // without ".weight"
-    if (const std::size_t heads = detail::rope_heads(path, c)) {
-      if (v.dimension() != 2 || v.shape()[0] % heads != 0 || (v.shape()[0] / heads) % 2 != 0)
-        throw io_error(w + ": tensor '" + name + "' has shape " + shape_str(v.shape()) + " for " + std::to_string(heads) +
-                       " heads");
+    if (const std::size_t heads = detail::rope_heads(hf.substr(0, hf.size() - 7), c))
       v = permute_rope_rows(v, heads, false);
-    }
-    sd.emplace(*hf, std::move(v));
+    sd.emplace(hf, std::move(v));
   }
-  try {
-    model->load_state_dict(sd, true);
-  } catch (const error& e) {
-    throw io_error(w + ": " + e.what());
-  }
+  model->load_state_dict(sd, true);
   return model;
 }
 
 template <class T>
-std::shared_ptr<nn::llama<T>> load_gguf_llama(const std::string& path) {
-  return llama_from_gguf<T>(gguf_file::load(path));
+std::shared_ptr<nn::llama<T>> load_gguf_llama(const std::string& path, std::size_t max_seq_cap = 8192) {
+  return llama_from_gguf<T>(gguf_file::load(path), max_seq_cap);
 }
 
 // ---- LoRA adapters ----

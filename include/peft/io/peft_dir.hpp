@@ -98,8 +98,9 @@ inline std::string unsupported_setting(const adapter_config& c) {
   if (c.fan_in_fan_out) return "fan_in_fan_out = true (Conv1D-style weights)";
   if (c.bias != "none") return "bias = '" + c.bias + "' (only \"none\")";
   if (std::holds_alternative<std::string>(c.exclude_modules)) return "exclude_modules as a regex";
-  // Keys kept in `extra` that change which layers are adapted or what they compute.
-  for (const char* k : {"layers_to_transform", "layers_pattern", "layer_replication", "megatron_config",
+  // Keys kept in `extra` that change which layers are adapted or what they compute
+  // (layers_pattern only matters together with layers_to_transform).
+  for (const char* k : {"layers_to_transform", "layer_replication", "megatron_config",
                         "target_parameters", "trainable_token_indices", "alora_invocation_tokens",
                         "arrow_config", "use_bdlora", "lora_bias", "use_qalora"}) {
     auto it = c.extra.find(k);

@@ -26,6 +26,8 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
+#include <limits>
 #include <set>
 #include <string>
 #include <vector>
@@ -96,19 +98,58 @@ inline std::array<float, 256> make_linear_map(bool is_signed) {
   return sorted_code(std::move(data));
 }
 
-inline const std::array<float, 256>& quant_code(optim::quant_map m, bool is_signed) {
-  static const std::array<float, 256> dyn_s = make_dynamic_map(true),
-                                      dyn_u = make_dynamic_map(false),
-                                      lin_s = make_linear_map(true), lin_u = make_linear_map(false);
+// A code book with a lookup table for a fast, branch-free nearest-value search: for every float
+// whose top 16 bits are b, start[b] is the first code index whose value is >= the smallest float
+// with those bits (so at most a step or two below the answer).
+struct code_book {
+  std::array<float, 256> values{};
+  std::array<float, 258> padded{};  // -inf, values..., +inf: no bounds checks in nearest()
+  std::vector<std::uint8_t> start;  // 65536 entries
+
+  explicit code_book(const std::array<float, 256>& v) : values(v), start(65536) {
+    padded[0] = -std::numeric_limits<float>::infinity();
+    std::copy(v.begin(), v.end(), padded.begin() + 1);
+    padded[257] = std::numeric_limits<float>::infinity();
+    for (std::uint32_t b = 0; b < 65536; ++b) {
+      // Bucket b holds the bit patterns b<<16 .. b<<16 | 0xFFFF; its smallest value is the first
+      // pattern for positives and the last for negatives.
+      const std::uint32_t bits = (b & 0x8000u) ? (b << 16) | 0xFFFFu : b << 16;
+      float lo;
+      std::memcpy(&lo, &bits, sizeof lo);
+      const auto it = std::lower_bound(values.begin(), values.end(), lo);
+      start[b] = std::uint8_t(std::min<std::ptrdiff_t>(it - values.begin(), 255));
+    }
+  }
+
+  // Index of the value nearest to y (ties go to the lower value).
+  std::uint8_t nearest(float y) const {
+    std::uint32_t bits;
+    std::memcpy(&bits, &y, sizeof bits);
+    // j = 1 + lower_bound(values, y), capped at 256 (values[255] = 1 is the largest).
+    std::size_t j = std::size_t(start[bits >> 16]) + 1;
+    j += std::size_t(padded[j] < y);
+    j += std::size_t(padded[j] < y);
+    while (padded[j] < y && j < 256) ++j;  // rare: buckets spanning several codes
+    j = std::min<std::size_t>(j, 256);
+    j -= std::size_t((y - padded[j - 1]) <= (padded[j] - y));
+    return std::uint8_t(j - 1);
+  }
+};
+
+inline const code_book& quant_book(optim::quant_map m, bool is_signed) {
+  static const code_book dyn_s(make_dynamic_map(true)), dyn_u(make_dynamic_map(false)),
+      lin_s(make_linear_map(true)), lin_u(make_linear_map(false));
   if (m == optim::quant_map::dynamic) return is_signed ? dyn_s : dyn_u;
   return is_signed ? lin_s : lin_u;
 }
+inline const std::array<float, 256>& quant_code(optim::quant_map m, bool is_signed) {
+  return quant_book(m, is_signed).values;
+}
 
-// Index of the code-book value nearest to y (ties go to the lower value).
+// Index of the code-book value nearest to y (ties go to the lower value), by plain search.
 inline std::uint8_t nearest_code(const std::array<float, 256>& code, float y) {
   const auto it = std::lower_bound(code.begin(), code.end(), y);
-  if (it == code.end()) return 255;
-  std::size_t i = std::size_t(it - code.begin());
+  std::size_t i = std::min<std::size_t>(std::size_t(it - code.begin()), 255);
   if (i > 0 && (y - code[i - 1]) <= (code[i] - y)) --i;
   return std::uint8_t(i);
 }
@@ -117,28 +158,45 @@ inline std::uint8_t nearest_code(const std::array<float, 256>& code, float y) {
 
 namespace peft::optim {
 
-// Quantizes n values (a tensor's elements in order) block-wise.
+// Quantizes the numel(shape) values at x (a tensor's elements in order) block-wise into q,
+// reusing q's buffers.
 template <class T>
-q8_tensor quantize_blockwise(const T* x, const shape_t& shape, quant_map map = quant_map::dynamic,
-                             bool is_signed = true) {
+void quantize_blockwise_into(const T* x, const shape_t& shape, quant_map map, bool is_signed,
+                             q8_tensor& q) {
   const std::size_t n = numel(shape);
-  const auto& code = peft::detail::quant_code(map, is_signed);
-  q8_tensor q;
+  const auto& book = peft::detail::quant_book(map, is_signed);
   q.shape = shape;
   q.map = map;
   q.is_signed = is_signed;
   q.codes.resize(n);
   q.absmax.resize((n + q8_block_size - 1) / q8_block_size);
+  // Normalised values of a block first (a vectorisable pass), then their codes; raw pointers so
+  // that the byte stores do not force reloads of everything else (char types alias all).
+  std::uint8_t* codes = q.codes.data();
+  float* absmax = q.absmax.data();
+  float y[q8_block_size];
   for (std::size_t b = 0; b < q.absmax.size(); ++b) {
-    const std::size_t lo = b * q8_block_size, hi = std::min(n, lo + q8_block_size);
+    const std::size_t lo = b * q8_block_size, m = std::min(n, lo + q8_block_size) - lo;
+    const T* xb = x + lo;
     T amax = T(0);
-    for (std::size_t i = lo; i < hi; ++i) amax = std::max(amax, T(std::abs(x[i])));
+    for (std::size_t i = 0; i < m; ++i) amax = std::max(amax, T(std::abs(xb[i])));
     const float a = float(amax);
-    q.absmax[b] = a;
+    absmax[b] = a;
     const T scale = T(a);
-    for (std::size_t i = lo; i < hi; ++i)
-      q.codes[i] = peft::detail::nearest_code(code, a > 0 ? float(x[i] / scale) : 0.0f);
+    if (a > 0)
+      for (std::size_t i = 0; i < m; ++i) y[i] = float(xb[i] / scale);
+    else
+      std::fill(y, y + m, 0.0f);
+    std::uint8_t out[q8_block_size];
+    for (std::size_t i = 0; i < m; ++i) out[i] = book.nearest(y[i]);
+    std::memcpy(codes + lo, out, m);
   }
+}
+template <class T>
+q8_tensor quantize_blockwise(const T* x, const shape_t& shape, quant_map map = quant_map::dynamic,
+                             bool is_signed = true) {
+  q8_tensor q;
+  quantize_blockwise_into(x, shape, map, is_signed, q);
   return q;
 }
 template <class T>
@@ -170,22 +228,31 @@ struct q8_storage {
   template <class T>
   class store {
    public:
-    void load(state_tensors<T>& work) {
+    void load(state_tensors<T>& work, state_tensors<T>& pool) {
       work = std::move(full_);
       full_.clear();
-      for (const auto& [k, q] : q_) work[k] = dequantize_blockwise<T>(q);
+      for (const auto& [k, q] : q_) {
+        tensor<T> t;
+        if (auto it = pool.find(k); it != pool.end()) t = std::move(it->second);
+        if (shape_of(t) != q.shape) t = tensor<T>::from_shape(q.shape);
+        dequantize_blockwise(q, t.data());
+        work[k] = std::move(t);
+      }
     }
-    void save(state_tensors<T>& work, const std::vector<state_spec>& specs, std::size_t min_size) {
-      q_.clear();
+    void save(state_tensors<T>& work, const std::vector<state_spec>& specs, std::size_t min_size,
+              state_tensors<T>& pool) {
       full_.clear();
       for (auto& [k, t] : work) {
         const state_spec* sp = nullptr;
         for (const auto& s : specs)
           if (s.name == k) sp = &s;
-        if (sp && quantized(*sp, min_size))
-          q_[k] = quantize_blockwise(t, Map, !sp->nonnegative);
-        else
+        if (sp && quantized(*sp, min_size)) {
+          quantize_blockwise_into(t.data(), shape_of(t), Map, !sp->nonnegative, q_[k]);
+          pool[k] = std::move(t);
+        } else {
+          q_.erase(k);
           full_[k] = std::move(t);
+        }
       }
       work.clear();
     }

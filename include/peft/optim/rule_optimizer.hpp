@@ -90,8 +90,14 @@ struct full_precision_storage {
   template <class T>
   class store {
    public:
-    void load(state_tensors<T>& work) { work = std::move(t_); t_.clear(); }
-    void save(state_tensors<T>& work, const std::vector<state_spec>&, std::size_t) {
+    // Moves the state into `work` (8-bit stores dequantize into tensors taken from `pool`).
+    void load(state_tensors<T>& work, state_tensors<T>& /*pool*/) {
+      work = std::move(t_);
+      t_.clear();
+    }
+    // Takes the state back from `work` (8-bit stores quantize it and return buffers to `pool`).
+    void save(state_tensors<T>& work, const std::vector<state_spec>&, std::size_t,
+              state_tensors<T>& /*pool*/) {
       t_ = std::move(work);
       work.clear();
     }
@@ -475,7 +481,7 @@ class rule_optimizer : public optimizer<T> {
   void update(const group_type& g, slot_type& s) {
     const auto specs = Rule::state_specs(g, update_shape_of(s));
     work_.clear();
-    s.state.load(work_);
+    s.state.load(work_, pool_);
     tensor<T>& w = s.param.value();
     const tensor<T>& grad = s.param.grad();
     const std::size_t t = s.step;  // updates already taken
@@ -517,7 +523,7 @@ class rule_optimizer : public optimizer<T> {
         auto wm = as_matrix(w, s.rows, s.cols);
         if (decay != 0) wm.array() *= T(1 - decay);
         wm += back;
-        s.state.save(work_, specs, po_.min_8bit_size);
+        s.state.save(work_, specs, po_.min_8bit_size, pool_);
         ++s.step;
         return;
       }
@@ -531,7 +537,7 @@ class rule_optimizer : public optimizer<T> {
     auto wv = as_vector(w);
     if (decay != 0) wv.array() *= T(1 - decay);
     wv += u_;
-    s.state.save(work_, specs, po_.min_8bit_size);
+    s.state.save(work_, specs, po_.min_8bit_size, pool_);
     ++s.step;
   }
 
@@ -541,6 +547,7 @@ class rule_optimizer : public optimizer<T> {
   std::vector<slot_type> slots_;
   factory_type factory_;
   state_tensors<T> work_;  // the state of the parameter being updated (8-bit: dequantized)
+  state_tensors<T> pool_;  // 8-bit storage: dequantization buffers reused across parameters
   vector<T> u_;            // scratch for full-rank updates
   mutable state_map<T> snapshot_;
 };
