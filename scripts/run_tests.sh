@@ -8,7 +8,8 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
 scripts/deps.sh
-cmake -S . -B build -DCMAKE_BUILD_TYPE=Release \
+scripts/install_llamacpp.sh
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DPEFT_REQUIRE_LLAMACPP=ON \
   -DPEFT_BUILD_TESTS=ON -DPEFT_BUILD_BENCH=ON -DPEFT_BUILD_EXAMPLES=ON
 cmake --build build -j"$(nproc)"
 cd build
