@@ -205,7 +205,7 @@ int main(int argc, char** argv) {
                 (unsigned long long)s.seed);
     table t({"method", "optimizer", "trainable params", "% of model", "test acc", "time",
              "peak RSS", "optimizer state", "lr"});
-    bool all_down = true;
+    bool all_down = true, peaks_are_phase = true;
     for (auto& r : runs) {
       std::vector<std::string> args = {exe, "--worker", "--worker-method", r.method, "--worker-optimizer",
                                        r.optimizer, "--epochs", std::to_string(s.epochs), "--batch",
@@ -232,6 +232,7 @@ int main(int argc, char** argv) {
       all_down = all_down && down;
       std::printf("%.2f%% in %.1f s (loss %.3f -> %.3f%s)\n", 100 * acc, secs, first, last,
                   down ? "" : ", DID NOT GO DOWN");
+      peaks_are_phase = peaks_are_phase && kv["peak_is_phase"] == "1";
       const std::size_t trainable = std::stoul(kv["trainable"]), total = std::stoul(kv["total"]);
       t.add_row({r.method, r.optimizer, group_digits(trainable),
                  fmt("%.2f%%", 100.0 * double(trainable) / double(total)), fmt("%.2f%%", 100 * acc),
@@ -239,10 +240,15 @@ int main(int argc, char** argv) {
                  format_bytes(std::stod(kv["opt_state"])), kv["lr"]});
     }
 
-    std::printf("\nFashion-MNIST classes 5-9, MLP 784-256-256-5 pretrained on classes 0-4; "
-                "%zu epoch(s), batch %zu, seed %llu\n\n",
-                s.epochs, s.batch, (unsigned long long)s.seed);
+    std::printf("\nFashion-MNIST classes 5-9, MLP 784-256-256-5 pretrained on classes 0-4; %s, "
+                "batch %zu, seed %llu; projected optimizers: rank %zu, refresh every %zu steps\n\n",
+                s.smoke ? "smoke run (a few steps)" : (std::to_string(s.epochs) + " epoch(s)").c_str(),
+                s.batch, (unsigned long long)s.seed, s.proj_rank, s.proj_gap);
     t.print();
+    std::printf("%s\n", peaks_are_phase
+                            ? "peak RSS: high-water mark of the adaptation phase (data, model, "
+                              "adapter, optimizer, activations)"
+                            : "peak RSS: whole-process high-water mark (this kernel cannot reset it)");
     fs::create_directories(out_dir);
     const fs::path csv = fs::path(out_dir) / "compare_adapters.csv";
     const fs::path md = fs::path(out_dir) / "compare_adapters.md";

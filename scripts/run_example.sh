@@ -3,7 +3,7 @@
 # build/, builds the one example target, runs it. Extra arguments go to the example.
 set -euo pipefail
 
-example=train_mlp  # the main example: examples/${example}.cpp
+example=finetune_fashion  # the main example: examples/${example}.cpp
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"

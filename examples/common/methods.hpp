@@ -48,7 +48,7 @@ struct method_info {
 inline const std::vector<method_info>& methods() {
   static const std::vector<method_info> m = {
       {"head", "train only the classifier head (linear probe)", 0, 0, 1e-2},
-      {"full", "train every parameter (full fine-tuning)", 0, 0, 1e-3},
+      {"full", "train every parameter (full fine-tuning)", 0, 0, 3e-3},
       {"lora", "LoRA: W + (alpha/r)·B·A", 4, 8, 3e-3},
       {"rslora", "rank-stabilised LoRA: W + (alpha/sqrt r)·B·A", 4, 8, 3e-3},
       {"dora", "DoRA: magnitude m · direction (W + s·B·A)/||·||", 4, 8, 3e-3},
