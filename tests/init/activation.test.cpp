@@ -142,3 +142,16 @@ TEST_CASE("EVA rejects bad input", "[init][eva]") {
   bad.rho = 0.5;
   REQUIRE_THROWS_WITH(init::eva(X, 2, bad), Contains("rho"));
 }
+
+TEST_CASE("EVA in float", "[init][eva]") {
+  const matrix<double> P = orthonormal_rows(3, 8, 7);
+  vector<double> sd(3);
+  sd << 2, 1, 0.5;
+  const matrix<double> X = activations(60, P, sd, 8);
+  lora_config cfg;
+  cfg.r = 2;
+  lora<double> ad(8, 3, cfg, init::eva(X, 2));
+  lora<float> af(8, 3, cfg, init::eva(matrix<float>(X.cast<float>()), 2));
+  REQUIRE(max_abs(as_matrix(af.lora_A.value()).cast<double>() - as_matrix(ad.lora_A.value())) < 1e-4);
+  for (float v : af.lora_B.value()) REQUIRE(v == 0.0f);
+}

@@ -252,3 +252,36 @@ TEST_CASE("inject_lora_one and inject_lora_sb", "[init][collect]") {
   REQUIRE(dW.cwiseProduct(G.at("fc2")).sum() < 0);
   REQUIRE_THROWS_WITH(inject_lora_one(m2, cfg, opt, loss2), Contains("no target modules matched"));
 }
+
+TEST_CASE("Collectors and injection in float", "[init][collect]") {
+  struct model_f : nn::module<float> {
+    std::shared_ptr<nn::unary_module<float>> fc1, fc2;
+    model_f() {
+      rng g(13);
+      fc1 = std::make_shared<nn::linear<float>>(5, 4, true, g);
+      fc2 = std::make_shared<nn::linear<float>>(4, 3, true, g);
+      register_module("fc1", fc1);
+      register_module("fc2", fc2);
+    }
+    variable<float> forward(const variable<float>& x) { return fc2->forward(fc1->forward(x)); }
+  };
+  rng g(14);
+  const tensor<float> xt = randn<float>({8, 5}, g), C = randn<float>({8, 3}, g);
+  inject_options opt;
+  opt.targets = target_modules::all_linear_layers();
+  lora_config cfg;
+  cfg.r = 1;
+
+  model_f a;
+  auto loss_a = [&] { return sum(a.forward(constant<float>(xt)) * constant<float>(C)); };
+  const auto y0 = a.forward(constant<float>(xt));
+  REQUIRE(inject_lora_ga(a, cfg, opt, loss_a).wrapped.size() == 2);
+  const auto ya = a.forward(constant<float>(xt));
+  REQUIRE((as_matrix(ya.value()) - as_matrix(y0.value())).cwiseAbs().maxCoeff() < 1e-5f);
+
+  model_f b;
+  const auto res = inject_eva(b, cfg, opt, [&] { b.forward(constant<float>(xt)); });
+  REQUIRE(res.rank_pattern.at("fc1") + res.rank_pattern.at("fc2") == 2);
+  const auto yb = b.forward(constant<float>(xt));
+  REQUIRE((as_matrix(yb.value()) - as_matrix(y0.value())).cwiseAbs().maxCoeff() == 0.0f);
+}

@@ -230,3 +230,27 @@ TEST_CASE("Gradient inits reject bad input", "[init][gradient]") {
   REQUIRE_THROWS_WITH(make_lora_sb<double>(5, 6, xc, S.G, nullptr, so),
                       Contains("needs the base weight"));
 }
+
+TEST_CASE("Gradient inits in float", "[init][gradient]") {
+  const auto S = rank_k(7, 9, 4, 9);
+  const matrix<float> Gf = S.G.cast<float>();
+  rng g(1);
+  tensor<float> W = randn<float>({7, 9}, g);
+  const matrix<float> W0 = as_matrix(W);
+  lora_config cfg;
+  cfg.r = 2;
+  lora<float> a(9, 7, cfg, init::lora_ga(Gf), &W);
+  const matrix<float> rec =
+      as_matrix(W) + float(a.scaling()) * as_matrix(a.lora_B.value()) * as_matrix(a.lora_A.value());
+  REQUIRE((rec - W0).cwiseAbs().maxCoeff() < 1e-5f);
+  lora<float> b(9, 7, cfg, init::lora_one(to_tensor(Gf)));
+  const matrix<double> BA = (as_matrix(b.lora_B.value()) * as_matrix(b.lora_A.value())).cast<double>();
+  REQUIRE(max_abs(BA - svd_part(-S.G, 2) / (16.0 * S.s[0])) < 1e-6);
+  lora_xs_config xc;
+  xc.r = 2;
+  init::lora_sb_options so;
+  so.rule = init::update_rule::sgd;
+  auto c = make_lora_sb<float>(9, 7, xc, Gf, &W, so);
+  const matrix<double> d = c->delta_weight(as_matrix(W)).cast<double>();
+  REQUIRE(max_abs(d - (-1e-4) * svd_part(S.G, 2)) < 1e-8);
+}
