@@ -490,9 +490,16 @@ class rule_optimizer : public optimizer<T> {
       if (s.proj) {
         auto& P = *s.proj;
         const Eigen::Index R = Eigen::Index(s.rows), C = Eigen::Index(s.cols);
-        matrix<T> G(R, C);
-        transformed_grad(g, as_vector(grad), as_vector(std::as_const(w)),
-                         vector_map<T>(G.data(), G.size()));
+        // The gradient as it is, or a transformed copy (maximize, L2 decay).
+        matrix<T> Gt;
+        const bool plain = Rule::grad_sign(g) > 0 && Rule::l2_decay(g) == 0;
+        if (!plain) {
+          Gt.resize(R, C);
+          transformed_grad(g, as_vector(grad), as_vector(std::as_const(w)),
+                           vector_map<T>(Gt.data(), Gt.size()));
+        }
+        const matrix_cref<T> G = plain ? matrix_cref<T>(as_matrix(grad, s.rows, s.cols))
+                                       : matrix_cref<T>(Gt);
         if (P.needs_refresh(t)) {
           P.refresh(G, t);
           for (const auto& sp : specs) {
