@@ -232,10 +232,11 @@ peft::nn::llama_config config_from_file(const std::string& path) {
   c.max_seq = get("max_seq");
   return c;
 }
-std::string cache_name(const peft::nn::llama_config& c, std::size_t steps, std::uint64_t seed) {
+std::string cache_name(const peft::nn::llama_config& c, std::size_t steps, std::size_t batch,
+                       std::uint64_t seed) {
   return "kjv_byte_llama_v1_d" + std::to_string(c.dim) + "_l" + std::to_string(c.n_layers) + "_h" +
          std::to_string(c.n_heads) + "_f" + std::to_string(c.hidden_dim) + "_s" +
-         std::to_string(c.max_seq) + "_steps" + std::to_string(steps) + "_seed" +
+         std::to_string(c.max_seq) + "_steps" + std::to_string(steps) + "x" + std::to_string(batch) + "_seed" +
          std::to_string(seed) + ".safetensors";
 }
 
@@ -256,7 +257,7 @@ int main(int argc, char** argv) {
   std::uint64_t seed = 0;
   std::string base, out, cache_dir = default_cache_dir().string(), out_dir = "text_runs";
   std::string prompt = "RELIGION, n.";
-  std::size_t sample_bytes = 240, eval_bytes = 40000;
+  std::size_t sample_bytes = 240, eval_bytes = 16384;
   double temperature = 0.7;
   int threads = 1;
   bool pretrain_only = false, no_cache = false, no_plot = false, smoke = false;
@@ -325,15 +326,15 @@ int main(int argc, char** argv) {
   const std::string devil_train = devil.substr(0, devil.size() * 9 / 10), devil_test = devil.substr(devil.size() * 9 / 10);
   std::printf("corpora: King James Bible %zu bytes, The Devil's Dictionary %zu bytes (last 10%% of each held out)\n",
               bible.size(), devil.size());
-  const std::string tag = smoke ? "_smoke" : "";
+  const std::string tag = smoke ? "_smoke" : pretrain_only ? "_pretrain" : "";
   run_log log(fs::path(out_dir) / ("finetune_text" + tag + ".csv"), "held-out bits per byte");
 
   // ---- the base model
   std::string from = base;
   if (from.empty() && !no_cache && !pretrain_only) {
     if (fs::exists(committed_base)) from = committed_base.string();
-    else if (fs::exists(fs::path(cache_dir) / cache_name(mc, pretrain_steps, seed)))
-      from = (fs::path(cache_dir) / cache_name(mc, pretrain_steps, seed)).string();
+    else if (fs::exists(fs::path(cache_dir) / cache_name(mc, pretrain_steps, batch, seed)))
+      from = (fs::path(cache_dir) / cache_name(mc, pretrain_steps, batch, seed)).string();
   }
   if (!from.empty()) mc = config_from_file(from);
   peft::rng g(seed);
@@ -356,7 +357,7 @@ int main(int argc, char** argv) {
       std::printf("smoke: pretraining loss did not go down\n");
       return 1;
     }
-    const std::string file = pretrain_only ? out : (fs::path(cache_dir) / cache_name(mc, pretrain_steps, seed)).string();
+    const std::string file = pretrain_only ? out : (fs::path(cache_dir) / cache_name(mc, pretrain_steps, batch, seed)).string();
     if (pretrain_only || !no_cache) {
       if (fs::path(file).has_parent_path()) fs::create_directories(fs::path(file).parent_path());
       // float16 halves the file; the small loss of precision does not matter for a base model.
