@@ -31,10 +31,10 @@ class table {
   std::string to_text() const {
     const auto w = widths();
     std::ostringstream os;
-    auto line = [&](const std::vector<std::string>& cells, bool header) {
+    auto line = [&](const std::vector<std::string>& cells) {
       for (std::size_t c = 0; c < cells.size(); ++c) {
         const std::size_t pad = w[c] - cells[c].size();
-        const bool right = !header && right_aligned(c);
+        const bool right = right_aligned(c);  // headers follow their column
         if (c) os << "  ";
         if (right) os << std::string(pad, ' ');
         os << cells[c];
@@ -45,12 +45,12 @@ class table {
     bool headed = false;
     for (auto& h : headers_) headed = headed || !h.empty();
     if (headed) {  // all-empty headers: a borderless key/value listing
-      line(headers_, true);
+      line(headers_);
       std::size_t total = 0;
       for (auto x : w) total += x;
       os << std::string(total + 2 * (w.size() - 1), '-') << '\n';
     }
-    for (auto& r : rows_) line(r, false);
+    for (auto& r : rows_) line(r);
     return os.str();
   }
 

@@ -94,11 +94,12 @@ TEST_CASE("table: aligned text, CSV and Markdown", "[examples][table]") {
   t.add_row({"lora", "7,493", "94.10%"});
   t.add_row({"full, all", "269,829", "95.02%"});
   const std::string text = t.to_text();
-  // Text columns left-aligned, numeric columns right-aligned, two spaces between columns.
+  // Text columns left-aligned, numeric columns (and their headers) right-aligned, two spaces
+  // between columns, no trailing blanks.
   CHECK(text ==
-        "method     params  acc   \n"
-        "-------------------------\n"
-        "lora        7,493  94.10%\n"
+        "method      params     acc\n"
+        "--------------------------\n"
+        "lora         7,493  94.10%\n"
         "full, all  269,829  95.02%\n");
   CHECK(t.to_csv() == "method,params,acc\nlora,\"7,493\",94.10%\n\"full, all\",\"269,829\",95.02%\n");
   CHECK(t.to_markdown() ==
