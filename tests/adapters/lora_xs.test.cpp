@@ -134,6 +134,13 @@ TEST_CASE("LoRA-XS precomputed bases and float", "[adapters][lora_xs]") {
   lora_xs<float> a(5, 4, cfg, A, B);
   REQUIRE(as_matrix(a.lora_A.value()) == as_matrix(A));
   REQUIRE(as_matrix(a.lora_B.value()) == as_matrix(B));
+  // Non-const tensors must pick the same constructor (not be taken for an init policy: the
+  // lora_init concept requires a void operator()(init_target&), which xtensor's does not have).
+  tensor<float> An = A, Bn = B;
+  lora_xs<float> an(5, 4, cfg, An, Bn);
+  REQUIRE(as_matrix(an.lora_A.value()) == as_matrix(A));
+  REQUIRE(as_matrix(an.lora_B.value()) == as_matrix(B));
+  STATIC_REQUIRE_FALSE(init::lora_init<tensor<float>, float>);
   // The SVD policy in float: SVD computed in double, then rounded.
   tensor<float> W = randn<float>({4, 5}, g);
   lora_xs<float> s(5, 4, cfg, W);

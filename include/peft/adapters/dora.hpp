@@ -21,7 +21,7 @@
 // through n, into the factors or into W (a trainable base gets dW = dzᵀ·x only).
 // dora_config::detach_norm = false keeps it attached; see backward() for that gradient.
 #include <Eigen/Core>
-#include <Eigen/QR>
+#include "peft/detail/decompositions.hpp"
 #include <algorithm>
 #include <cmath>
 #include <memory>
@@ -254,10 +254,8 @@ class dora : public adapter<T> {
                         const matrix<T>& Af) {
     const Eigen::Index in = Af.cols(), out = Bf.rows(), r = Af.rows();
     const Eigen::Index ka = std::min(r, in), kb = std::min(r, out);
-    const matrix<T> QA = Eigen::HouseholderQR<matrix<T>>(Af.transpose()).householderQ() *
-                         matrix<T>::Identity(in, ka);  // [in, ka]
-    const matrix<T> QB = Eigen::HouseholderQR<matrix<T>>(Bf).householderQ() *
-                         matrix<T>::Identity(out, kb);  // [out, kb]
+    const matrix<T> QA = peft::detail::thin_qr<T>(Af.transpose(), false).Q;  // [in, ka]
+    const matrix<T> QB = peft::detail::thin_qr<T>(Bf, false).Q;              // [out, kb]
     matrix<T> U = W * QA;                               // G·Q_A = diag(c)·(W·Q_A + Bf·(Af·Q_A))
     U.noalias() += Bf * (Af * QA);
     U = c.asDiagonal() * U;                             // [out, ka]

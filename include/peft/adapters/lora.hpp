@@ -10,7 +10,7 @@
 #include "peft/adapters/adapter.hpp"
 #include "peft/core/random.hpp"
 #include "peft/init/gaussian.hpp"
-#include "peft/init/init.hpp"
+#include "peft/init/policy.hpp"
 
 namespace peft {
 

@@ -23,7 +23,7 @@
 // Bases: the policy init::lora_xs_svd computes an exact SVD (Eigen BDCSVD, in double) of the
 // base weight; any other lora_init policy (a randomized SVD from the init module, ...) can fill A
 // and B instead, or pass precomputed A and B to the second constructor.
-#include <Eigen/SVD>
+#include "peft/detail/decompositions.hpp"
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -32,7 +32,7 @@
 #include "peft/adapters/adapter.hpp"
 #include "peft/core/random.hpp"
 #include "peft/detail/mixed_low_rank.hpp"
-#include "peft/init/init.hpp"
+#include "peft/init/policy.hpp"
 
 namespace peft {
 
@@ -76,19 +76,17 @@ struct lora_xs_svd {
     if (r > std::min(in, out))
       throw value_error("lora_xs_svd: rank r = " + std::to_string(r) + " exceeds min(out, in) of W " +
                         shape_str(W.shape()));
-    using dmat = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic>;
-    const dmat Wd = as_matrix(W).template cast<double>();
-    Eigen::BDCSVD<dmat> svd(Wd, Eigen::ComputeThinU | Eigen::ComputeThinV);
+    const auto svd = detail::thin_svd<double>(as_matrix(W).template cast<double>(), true, true);
     const auto Ri = Eigen::Index(r);
-    const Eigen::VectorXd S = svd.singularValues().head(Ri);
+    const Eigen::VectorXd S = svd.S.head(Ri);
     const Eigen::VectorXd sa = sigma == svd_sigma::a ? S
                                : sigma == svd_sigma::b ? Eigen::VectorXd::Ones(Ri)
                                                        : Eigen::VectorXd(S.cwiseSqrt());
     const Eigen::VectorXd sb = sigma == svd_sigma::b ? S
                                : sigma == svd_sigma::a ? Eigen::VectorXd::Ones(Ri)
                                                        : Eigen::VectorXd(S.cwiseSqrt());
-    as_matrix(t.A) = (sa.asDiagonal() * svd.matrixV().leftCols(Ri).transpose()).template cast<T>();
-    as_matrix(t.B) = (svd.matrixU().leftCols(Ri) * sb.asDiagonal()).template cast<T>();
+    as_matrix(t.A) = (sa.asDiagonal() * svd.V.leftCols(Ri).transpose()).template cast<T>();
+    as_matrix(t.B) = (svd.U.leftCols(Ri) * sb.asDiagonal()).template cast<T>();
   }
 };
 

@@ -8,7 +8,7 @@
 // A kaiming-uniform(a = sqrt 5) (any LoRA init policy works), B = 0 (identity at init),
 // M kaiming-uniform(a = sqrt 5); the paper also reports an orthogonal M (mixer_init::orthogonal).
 // Fused path: (x·Aᵀ)·Mᵀ·Bᵀ, never B·M·A. Dropout acts on the adapter's input, as in LoRA.
-#include <Eigen/QR>
+#include "peft/detail/decompositions.hpp"
 #include <cmath>
 #include <cstdint>
 #include <string>
@@ -17,7 +17,7 @@
 #include "peft/core/random.hpp"
 #include "peft/detail/mixed_low_rank.hpp"
 #include "peft/init/gaussian.hpp"
-#include "peft/init/init.hpp"
+#include "peft/init/policy.hpp"
 
 namespace peft {
 
@@ -53,9 +53,7 @@ void fill_orthogonal(tensor<T>& t, rng& g) {
   const auto n = Eigen::Index(t.shape()[0]);
   matrix<double> G(n, Eigen::Index(t.size()) / n);
   for (Eigen::Index i = 0; i < G.size(); ++i) G.data()[i] = g.normal();
-  Eigen::HouseholderQR<matrix<double>> qr(G);
-  matrix<double> Q = qr.householderQ() * matrix<double>::Identity(G.rows(), G.cols());
-  const matrix<double> R = qr.matrixQR().template triangularView<Eigen::Upper>();
+  auto [Q, R] = peft::detail::thin_qr<double>(G, true);
   for (Eigen::Index j = 0; j < Q.cols() && j < R.rows(); ++j)
     if (R(j, j) < 0) Q.col(j) *= -1.0;
   as_matrix(t) = Q.cast<T>();

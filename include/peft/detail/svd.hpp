@@ -3,32 +3,20 @@
 // range finder with power iterations, re-orthonormalised between iterations). Shared by the SVD
 // inits (PiSSA, MiLoRA, LoRA-XS, LoRA-GA, EVA), LoRA extraction and the GaLore/COAP projectors.
 #include <Eigen/Core>
-#include <Eigen/QR>
-#include <Eigen/SVD>
 #include <algorithm>
 #include <string>
 
 #include "peft/core/error.hpp"
 #include "peft/core/random.hpp"
 #include "peft/core/tensor.hpp"
+#include "peft/detail/decompositions.hpp"
 
 namespace peft::detail {
-
-// G ≈ U · diag(S) · Vᵀ with U [m, r], S [r] (descending), V [n, r].
-template <class T>
-struct svd_result {
-  matrix<T> U;
-  vector<T> S;
-  matrix<T> V;
-};
 
 // Thin orthonormal basis Q [m, k] of the columns of Y [m, k] (Householder QR).
 template <class T>
 matrix<T> orthonormal_basis(const matrix<T>& Y) {
-  const Eigen::Index m = Y.rows(), k = std::min(Y.rows(), Y.cols());
-  Eigen::HouseholderQR<matrix<T>> qr(Y);
-  matrix<T> Q = qr.householderQ() * matrix<T>::Identity(m, k);
-  return Q;
+  return thin_qr<T>(Y, false).Q;
 }
 
 inline void check_rank(const char* op, Eigen::Index m, Eigen::Index n, std::size_t r) {
@@ -41,11 +29,10 @@ inline void check_rank(const char* op, Eigen::Index m, Eigen::Index n, std::size
 template <class T>
 svd_result<T> truncated_svd(matrix_cref<T> G, std::size_t r, bool largest = true) {
   check_rank("truncated_svd", G.rows(), G.cols(), r);
-  Eigen::BDCSVD<matrix<T>> svd(G, Eigen::ComputeThinU | Eigen::ComputeThinV);
-  const Eigen::Index k = Eigen::Index(r), full = svd.singularValues().size();
+  const auto svd = thin_svd<T>(matrix<T>(G), true, true);
+  const Eigen::Index k = Eigen::Index(r), full = svd.S.size();
   const Eigen::Index start = largest ? 0 : full - k;
-  return {svd.matrixU().middleCols(start, k), svd.singularValues().segment(start, k),
-          svd.matrixV().middleCols(start, k)};
+  return {svd.U.middleCols(start, k), svd.S.segment(start, k), svd.V.middleCols(start, k)};
 }
 
 // Randomized truncated SVD: Y = G·Ω (Ω Gaussian [n, r + oversample]), then `niter` power
@@ -65,10 +52,9 @@ svd_result<T> randomized_svd(matrix_cref<T> G, std::size_t r, std::size_t niter,
     Q = orthonormal_basis<T>(G * Z);
   }
   const matrix<T> Bs = Q.transpose() * G;  // [k, n]
-  Eigen::BDCSVD<matrix<T>> svd(Bs, Eigen::ComputeThinU | Eigen::ComputeThinV);
+  const auto svd = thin_svd<T>(Bs, true, true);
   const Eigen::Index rr = Eigen::Index(r);
-  return {Q * svd.matrixU().leftCols(rr), svd.singularValues().head(rr),
-          svd.matrixV().leftCols(rr)};
+  return {Q * svd.U.leftCols(rr), svd.S.head(rr), svd.V.leftCols(rr)};
 }
 
 }  // namespace peft::detail

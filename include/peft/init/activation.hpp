@@ -18,8 +18,6 @@
 // sum(r_layer) of them are kept, and a layer's new rank is how many of its own were kept (0 means
 // the layer is not adapted). With adjust_scaling_factors, lora_alpha ← lora_alpha·r_new/r_layer.
 #include <Eigen/Core>
-#include <Eigen/Eigenvalues>
-#include <Eigen/SVD>
 #include <algorithm>
 #include <cmath>
 #include <map>
@@ -28,7 +26,7 @@
 #include <string>
 #include <vector>
 
-#include "peft/init/init.hpp"
+#include "peft/init/policy.hpp"
 #include "peft/init/svd.hpp"
 
 namespace peft::init {
@@ -78,17 +76,17 @@ eva_decomposition eva_svd(const Eigen::MatrixBase<Derived>& X, std::size_t k, bo
   if (n >= in) {
     matrix<double> C(static_cast<Eigen::Index>(in), static_cast<Eigen::Index>(in));
     C.noalias() = Xc.transpose() * Xc;
-    Eigen::SelfAdjointEigenSolver<matrix<double>> es(C);
-    if (es.info() != Eigen::Success) throw error("eva_svd: eigen-decomposition did not converge");
+    const auto es = detail::symmetric_eigen<double>(C);
+    if (es.values.size() == 0) throw error("eva_svd: eigen-decomposition did not converge");
     for (Eigen::Index i = 0; i < K; ++i) {  // eigenvalues ascend
       const Eigen::Index j = Eigen::Index(in) - 1 - i;
-      d.components.row(i) = es.eigenvectors().col(j).transpose();
-      d.singular_values[i] = std::sqrt(std::max(es.eigenvalues()[j], 0.0));
+      d.components.row(i) = es.vectors.col(j).transpose();
+      d.singular_values[i] = std::sqrt(std::max(es.values[j], 0.0));
     }
   } else {
-    Eigen::BDCSVD<matrix<double>> svd(Xc, Eigen::ComputeThinV);
-    d.components = svd.matrixV().leftCols(K).transpose();
-    d.singular_values = svd.singularValues().head(K);
+    const auto svd = detail::thin_svd<double>(Xc, false, true);
+    d.components = svd.V.leftCols(K).transpose();
+    d.singular_values = svd.S.head(K);
   }
   // svd_flip(u_based_decision=False): the largest |entry| of each component is positive.
   for (Eigen::Index i = 0; i < K; ++i) {

@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "peft/detail/dct.hpp"
-#include "peft/init/init.hpp"
+#include "peft/init/policy.hpp"
 #include "peft/init/svd.hpp"
 
 namespace peft::init {

@@ -3,7 +3,7 @@
 // adapter starts as the identity (Δ = 0) and A is random.
 #include <cmath>
 
-#include "peft/init/init.hpp"
+#include "peft/init/policy.hpp"
 
 namespace peft::init {
 

@@ -40,7 +40,7 @@
 #include <vector>
 
 #include "peft/adapters/lora_xs.hpp"
-#include "peft/init/init.hpp"
+#include "peft/init/policy.hpp"
 #include "peft/init/svd.hpp"
 
 namespace peft {

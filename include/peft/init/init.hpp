@@ -1,32 +1,11 @@
 #pragma once
-// What an initialisation policy sees. A policy is a type with
-//   void operator()(init_target<T>& t) const
-// that fills A [r, in] and B [out, r] and may rewrite the base weight W (PiSSA keeps the
-// residual in W). Policies that need data (LoRA-GA, EVA) take it in their constructor.
-#include <concepts>
-
-#include "peft/core/random.hpp"
-#include "peft/core/tensor.hpp"
-
-namespace peft::init {
-
-template <class T>
-struct init_target {
-  tensor<T>& A;     // [r, in]
-  tensor<T>& B;     // [out, r]
-  tensor<T>* W;     // base weight [out, in]; nullptr when the caller has none
-  double scaling;   // the adapter's scale s (Δ = s·B·A)
-  rng& g;
-};
-
-template <class P, class T>
-concept lora_init = requires(const P& p, init_target<T>& t) { p(t); };
-
-// Helper for policies that need the base weight.
-template <class T>
-tensor<T>& require_base(init_target<T>& t, const char* policy) {
-  if (!t.W) throw value_error(std::string(policy) + ": this init needs the base weight W");
-  return *t.W;
-}
-
-}  // namespace peft::init
+// Module umbrella: every LoRA initialisation policy (peft::init) and the data collectors they
+// need. The policy interface itself is init/policy.hpp (what adapters include).
+#include "peft/init/policy.hpp"
+#include "peft/init/gaussian.hpp"
+#include "peft/init/svd.hpp"
+#include "peft/init/qr.hpp"
+#include "peft/init/gradient.hpp"
+#include "peft/init/activation.hpp"
+#include "peft/init/dct.hpp"
+#include "peft/init/collect.hpp"

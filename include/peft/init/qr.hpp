@@ -8,9 +8,9 @@
 // The QR runs in double (Householder, the same sign convention as LAPACK's geqrf that
 // torch.linalg.qr uses); PEFT runs it in float32.
 #include <Eigen/Core>
-#include <Eigen/QR>
+#include "peft/detail/decompositions.hpp"
 
-#include "peft/init/init.hpp"
+#include "peft/init/policy.hpp"
 #include "peft/init/svd.hpp"
 
 namespace peft::init {
@@ -24,12 +24,10 @@ struct olora {
     const std::size_t r = t.A.shape()[0], out = W.shape()[0], in = W.shape()[1];
     detail::init_check_rank("olora", r, out, in);
     const Eigen::Index ri = Eigen::Index(r);
-    Eigen::HouseholderQR<matrix<double>> qr(detail::init_to_double(W));
-    // Thin Q: apply the Householder reflectors to the first r columns of the identity.
-    const matrix<double> Q = qr.householderQ() * matrix<double>::Identity(Eigen::Index(out), ri);
-    const matrix<double> R = qr.matrixQR().topRows(ri).template triangularView<Eigen::Upper>();
-    as_matrix(t.A) = R.template cast<T>();
-    as_matrix(t.B) = Q.template cast<T>();
+    const auto qr = peft::detail::thin_qr<double>(detail::init_to_double(W), true);
+    // The first r columns of the thin Q and the first r rows of R.
+    as_matrix(t.A) = qr.R.topRows(ri).template cast<T>();
+    as_matrix(t.B) = qr.Q.leftCols(ri).template cast<T>();
     detail::init_subtract_scaled(W, t.B, t.A, t.scaling);
   }
 };

@@ -23,7 +23,7 @@
 #include "peft/core/error.hpp"
 #include "peft/core/tensor.hpp"
 #include "peft/detail/svd.hpp"
-#include "peft/init/init.hpp"
+#include "peft/init/policy.hpp"
 
 namespace peft {
 

@@ -36,8 +36,6 @@
 // transferred first), the update is taken at the next transfer()/project() without the cosine
 // factor, i.e. on L = mse alone.
 #include <Eigen/Core>
-#include <Eigen/QR>
-#include <Eigen/SVD>
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
@@ -107,8 +105,8 @@ matrix<T> coap_range_finder(matrix_cref<T> G, matrix_cref<T> Omega, bool left) {
     B.noalias() = (G * Q).transpose();  // Qᵀ·Gᵀ [r, m]
   else
     B.noalias() = Q.transpose() * G;  // [r, n]
-  Eigen::BDCSVD<matrix<T>> svd(B, Eigen::ComputeThinV);
-  return svd.matrixV().leftCols(Omega.cols());
+  const auto svd = thin_svd<T>(B, false, true);
+  return svd.V.leftCols(Omega.cols());
 }
 
 // The correlation-aware objective of COAP at P [d, r] (see coap.hpp's header comment):

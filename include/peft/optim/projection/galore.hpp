@@ -26,7 +26,6 @@
 // itself defaults to scale 1.0). The exact SVD is computed in T (the reference computes it in
 // float32); the randomized range finder (Halko et al.) with power iterations is the cheap option.
 #include <Eigen/Core>
-#include <Eigen/SVD>
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
@@ -126,11 +125,9 @@ class galore_projector {
     const Eigen::Index r = Eigen::Index(o_.rank);
     if (o_.solver == svd_solver::exact) {
       // Only the factors this side needs (a thin U of a tall G is the expensive half).
-      const unsigned flags = (left ? unsigned(Eigen::ComputeThinU) : 0u) |
-                            (right ? unsigned(Eigen::ComputeThinV) : 0u);
-      Eigen::BDCSVD<matrix<T>> svd(G, flags);
-      if (left) P_ = svd.matrixU().leftCols(r);
-      if (right) Q_ = svd.matrixV().leftCols(r);
+      auto svd = peft::detail::thin_svd<T>(matrix<T>(G), left, right);
+      if (left) P_ = svd.U.leftCols(r);
+      if (right) Q_ = svd.V.leftCols(r);
     } else {
       auto s = peft::detail::randomized_svd<T>(G, o_.rank, o_.power_iters, rng_, o_.oversample);
       if (left) P_ = std::move(s.U);

@@ -1,0 +1,15 @@
+#pragma once
+// Module umbrella: every adapter method, the adapted Linear wrapper and injection by name.
+#include "peft/adapters/adapter.hpp"
+#include "peft/adapters/adapted_linear.hpp"
+#include "peft/adapters/lora.hpp"
+#include "peft/adapters/dora.hpp"
+#include "peft/adapters/vera.hpp"
+#include "peft/adapters/nola.hpp"
+#include "peft/adapters/randlora.hpp"
+#include "peft/adapters/moe.hpp"
+#include "peft/adapters/lora_xs.hpp"
+#include "peft/adapters/moslora.hpp"
+#include "peft/adapters/fourierft.hpp"
+#include "peft/adapters/dct_adapter.hpp"
+#include "peft/adapters/inject.hpp"

@@ -1,0 +1,90 @@
+#pragma once
+// The only place the library instantiates Eigen's dense decompositions (thin SVD, thin QR,
+// symmetric eigen-decomposition). They are by far the most expensive templates to compile
+// (tens of seconds each per scalar type), so every caller goes through these few functions, and a
+// program made of many translation units can compile them once:
+//   - compile every TU with -DPEFT_EXTERN_TEMPLATES (the functions are then only declared), and
+//   - one TU defines PEFT_INSTANTIATE_TEMPLATES before including this header (float and double
+//     are instantiated there). peft's own tests, benchmarks, examples and tools do this.
+// Without either macro nothing changes: the functions are ordinary templates.
+#include <Eigen/Core>
+#include <Eigen/Eigenvalues>
+#include <Eigen/QR>
+#include <Eigen/SVD>
+#include <algorithm>
+
+#include "peft/core/tensor.hpp"
+
+namespace peft::detail {
+
+// A ≈ U · diag(S) · Vᵀ with U [m, k], S [k] (descending), V [n, k], k = min(m, n).
+template <class T>
+struct svd_result {
+  matrix<T> U;
+  vector<T> S;
+  matrix<T> V;
+};
+
+// Thin Q [m, k] and upper-triangular R [k, n] of A = Q·R, k = min(m, n).
+template <class T>
+struct qr_result {
+  matrix<T> Q;
+  matrix<T> R;
+};
+
+// Eigenvalues ascending and the matching eigenvectors as columns.
+template <class T>
+struct eig_result {
+  vector<T> values;
+  matrix<T> vectors;
+};
+
+// Thin SVD (Eigen's BDCSVD). U and/or V are left empty when not wanted (half the work for a
+// tall or wide matrix when only one side is needed).
+template <class T>
+svd_result<T> thin_svd(const matrix<T>& a, bool want_u, bool want_v) {
+  const unsigned flags = (want_u ? unsigned(Eigen::ComputeThinU) : 0u) |
+                         (want_v ? unsigned(Eigen::ComputeThinV) : 0u);
+  Eigen::BDCSVD<matrix<T>> svd(a, flags);
+  svd_result<T> r;
+  r.S = svd.singularValues();
+  if (want_u) r.U = svd.matrixU();
+  if (want_v) r.V = svd.matrixV();
+  return r;
+}
+
+// Thin Householder QR; R is left empty unless wanted.
+template <class T>
+qr_result<T> thin_qr(const matrix<T>& a, bool want_r) {
+  const Eigen::Index m = a.rows(), k = std::min(a.rows(), a.cols());
+  Eigen::HouseholderQR<matrix<T>> qr(a);
+  qr_result<T> r;
+  r.Q = qr.householderQ() * matrix<T>::Identity(m, k);  // reflectors applied to [I_k; 0]
+  if (want_r) r.R = qr.matrixQR().topRows(k).template triangularView<Eigen::Upper>();
+  return r;
+}
+
+// Symmetric eigen-decomposition of a self-adjoint matrix (only its lower triangle is read).
+// Throws peft::error-free: returns an empty result when Eigen reports no convergence.
+template <class T>
+eig_result<T> symmetric_eigen(const matrix<T>& a) {
+  Eigen::SelfAdjointEigenSolver<matrix<T>> es(a);
+  if (es.info() != Eigen::Success) return {};
+  return {es.eigenvalues(), es.eigenvectors()};
+}
+
+#define PEFT_DETAIL_DECOMPOSITIONS(prefix, T)                              \
+  prefix svd_result<T> thin_svd<T>(const matrix<T>&, bool, bool);          \
+  prefix qr_result<T> thin_qr<T>(const matrix<T>&, bool);                  \
+  prefix eig_result<T> symmetric_eigen<T>(const matrix<T>&);
+#ifdef PEFT_EXTERN_TEMPLATES
+PEFT_DETAIL_DECOMPOSITIONS(extern template, float)
+PEFT_DETAIL_DECOMPOSITIONS(extern template, double)
+#endif
+#ifdef PEFT_INSTANTIATE_TEMPLATES
+PEFT_DETAIL_DECOMPOSITIONS(template, float)
+PEFT_DETAIL_DECOMPOSITIONS(template, double)
+#endif
+#undef PEFT_DETAIL_DECOMPOSITIONS
+
+}  // namespace peft::detail
