@@ -11,3 +11,4 @@
 #include "peft/adapters/adapters.hpp"
 #include "peft/optim/optim.hpp"
 #include "peft/io/io.hpp"
+#include "peft/merge/merge.hpp"
