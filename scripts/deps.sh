@@ -8,6 +8,11 @@ packages=(
   # toolchain and libraries
   build-essential cmake libeigen3-dev xtensor-dev xtl-dev libxsimd-dev catch2 libbenchmark-dev
   nlohmann-json3-dev libcli11-dev zlib1g-dev libopenblas-dev gnuplot-nox
+  # fuzzing (scripts/fuzz_smoke.sh): clang and its libFuzzer/sanitizer runtimes, which clang-14
+  # only recommends (libclang-common-14-dev -> Recommends: libclang-rt-14-dev)
+  clang libclang-rt-14-dev
+  # MPI (optional dist/ component: tests/dist mpirun tests, examples/finetune_mpi)
+  libopenmpi-dev openmpi-bin
   # datasets used by the examples (see /usr/share/datasets, bible, /usr/share/dictd, jargon)
   dataset-fashion-mnist bible-kjv dict-devil jargon-text
 )
