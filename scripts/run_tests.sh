@@ -12,5 +12,6 @@ scripts/install_llamacpp.sh
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DPEFT_REQUIRE_LLAMACPP=ON \
   -DPEFT_BUILD_TESTS=ON -DPEFT_BUILD_BENCH=ON -DPEFT_BUILD_EXAMPLES=ON
 cmake --build build -j"$(nproc)"
-cd build
-ctest --output-on-failure -j2
+(cd build && ctest --output-on-failure -j2)
+# Each file reader's libFuzzer target for a few seconds on its committed corpus (clang, ASan, UBSan).
+PEFT_FUZZ_BUILD_DIR="$root/build/fuzz" scripts/fuzz_smoke.sh 10
