@@ -3,7 +3,8 @@
 # build/, builds the one example target, runs it. Extra arguments go to the example.
 set -euo pipefail
 
-example=finetune_fashion  # the main example: examples/${example}.cpp
+# The main example (examples/${example}.cpp); PEFT_EXAMPLE=<name> runs another one.
+example="${PEFT_EXAMPLE:-finetune_fashion}"
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
