@@ -11,6 +11,7 @@
 #include <string>
 
 #include "peft/autograd/variable.hpp"
+#include "peft/core/threads.hpp"
 
 namespace peft {
 
@@ -27,8 +28,9 @@ namespace detail {
 template <class F>
 void matmul_for_batches(std::size_t batches, std::size_t work_per_batch, F&& f) {
 #ifdef _OPENMP
-  const int nt = Eigen::nbThreads();
+  const int nt = num_threads();
   if (nt > 1 && batches > 1 && work_per_batch <= std::size_t(1) << 21) {
+    const serial_blas_guard one_blas_thread;  // with EIGEN_USE_BLAS: no BLAS threads inside
     const auto nb = std::ptrdiff_t(batches);
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (std::ptrdiff_t i = 0; i < nb; ++i) f(std::size_t(i));
