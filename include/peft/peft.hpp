@@ -12,3 +12,4 @@
 #include "peft/optim/optim.hpp"
 #include "peft/io/io.hpp"
 #include "peft/merge/merge.hpp"
+#include "peft/serve/serve.hpp"
