@@ -14,6 +14,7 @@
 
 #include "peft/core/random.hpp"
 #include "peft/io/gguf.hpp"
+#include "../support/temp_dir.hpp"
 
 using namespace peft;
 using io::ggml_type;
@@ -22,6 +23,7 @@ using io::gguf_value;
 using io::gguf_value_type;
 
 namespace {
+using test::temp_dir;
 
 // Builds GGUF bytes by hand, independently of the writer under test.
 struct builder {
@@ -80,21 +82,6 @@ std::string parse_error(const std::vector<std::uint8_t>& bytes) {
   return "<no io_error>";
 }
 
-struct temp_dir {
-  std::filesystem::path path;
-  temp_dir() {
-    static int n = 0;
-    path = std::filesystem::temp_directory_path() /
-           ("peft_io_gguf_" + std::to_string(::getpid()) + "_" + std::to_string(n++));
-    std::filesystem::remove_all(path);
-    std::filesystem::create_directories(path);
-  }
-  ~temp_dir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path, ec);
-  }
-  std::string operator/(const std::string& f) const { return (path / f).string(); }
-};
 
 // A file with every value type, nested and empty arrays, and tensors of several types.
 gguf_file sample_file() {

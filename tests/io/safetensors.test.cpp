@@ -12,11 +12,13 @@
 
 #include "peft/core/random.hpp"
 #include "peft/io/safetensors.hpp"
+#include "../support/temp_dir.hpp"
 
 using namespace peft;
 using io::dtype;
 
 namespace {
+using test::temp_dir;
 std::string data_dir() { return (std::filesystem::path(__FILE__).parent_path() / "data").string(); }
 std::string corpus(const std::string& name) { return data_dir() + "/safetensors/" + name; }
 
@@ -25,24 +27,6 @@ std::vector<std::uint8_t> read_bytes(const std::string& path) {
   return {std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
 }
 
-struct temp_dir {
-  std::filesystem::path path;
-  temp_dir() {
-    static int n = 0;
-    path = std::filesystem::temp_directory_path() /
-           ("peft_io_st_" + std::to_string(::getpid()) + "_" + std::to_string(n++));
-    std::filesystem::remove_all(path);
-    std::filesystem::create_directories(path);
-  }
-  ~temp_dir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path, ec);
-  }
-  std::string operator/(const std::string& f) const { return (path / f).string(); }
-  std::size_t files() const {
-    return std::size_t(std::distance(std::filesystem::directory_iterator(path), std::filesystem::directory_iterator()));
-  }
-};
 
 std::string thrown_message(const std::function<void()>& f) {
   try {

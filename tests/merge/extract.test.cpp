@@ -13,6 +13,8 @@
 #include "peft/io/state_dict.hpp"
 #include "peft/merge/extract.hpp"
 #include "peft/nn/linear.hpp"
+#include "../support/temp_dir.hpp"
+#include "../support/toy_model.hpp"
 
 using namespace peft;
 using merge::extract_options;
@@ -20,6 +22,12 @@ using Catch::Matchers::WithinAbs;
 using Catch::Matchers::WithinRel;
 
 namespace {
+// The toy model without its classifier.
+template <class T>
+struct toy : test::toy<T> {
+  toy() : test::toy<T>(1, false) {}
+};
+using test::temp_dir;
 using M = matrix<double>;
 
 template <class T>
@@ -161,47 +169,7 @@ TEST_CASE("extract: bad input throws naming the op and the shapes", "[merge][ext
 // ---- safetensors -> PEFT adapter directory ----
 
 namespace {
-// encoder.{q_proj [6->5], v_proj [5->4]}, decoder.{q_proj [4->7], v_proj [7->5]}
-template <class T>
-struct block : nn::unary_module<T> {
-  block(std::size_t in, std::size_t hid, std::size_t out, rng& g) {
-    q_proj = std::make_shared<nn::linear<T>>(in, hid, true, g);
-    v_proj = std::make_shared<nn::linear<T>>(hid, out, false, g);
-    this->register_module("q_proj", q_proj);
-    this->register_module("v_proj", v_proj);
-  }
-  variable<T> forward(const variable<T>& x) override { return v_proj->forward(q_proj->forward(x)); }
-  std::shared_ptr<nn::unary_module<T>> q_proj, v_proj;  // slots that can hold an adapted layer
-};
-template <class T>
-struct toy : nn::unary_module<T> {
-  toy() {
-    rng g(1);
-    encoder = std::make_shared<block<T>>(6, 5, 4, g);
-    decoder = std::make_shared<block<T>>(4, 7, 5, g);
-    this->register_module("encoder", encoder);
-    this->register_module("decoder", decoder);
-  }
-  variable<T> forward(const variable<T>& x) override { return decoder->forward(encoder->forward(x)); }
-  std::shared_ptr<block<T>> encoder, decoder;
-};
 
-struct temp_dir {
-  std::filesystem::path path;
-  temp_dir() {
-    static int n = 0;
-    path = std::filesystem::temp_directory_path() /
-           ("peft_merge_extract_" + std::to_string(::getpid()) + "_" + std::to_string(n++));
-    std::filesystem::remove_all(path);
-    std::filesystem::create_directories(path);
-  }
-  ~temp_dir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path, ec);
-  }
-  std::string str() const { return path.string(); }
-  std::string operator/(const std::string& f) const { return (path / f).string(); }
-};
 
 std::map<std::string, M> loaded_deltas(const std::string& dir, io::peft_load_result* res = nullptr) {
   toy<double> m;

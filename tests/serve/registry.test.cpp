@@ -21,57 +21,18 @@
 #include "peft/nn/transformer.hpp"
 #include "peft/serve/mixed_linear.hpp"
 #include "peft/serve/registry.hpp"
+#include "../support/temp_dir.hpp"
+#include "../support/toy_model.hpp"
 
 using namespace peft;
 using Catch::Matchers::Contains;
 
 namespace {
+using test::block;
+using test::temp_dir;
+using test::toy;
 
-// encoder.{q_proj [6->5], v_proj [5->4]}, decoder.{q_proj [4->7], v_proj [7->5]}, classifier [5->3]
-template <class T>
-struct block : nn::unary_module<T> {
-  block(std::size_t in, std::size_t hid, std::size_t out, rng& g) {
-    q_proj = std::make_shared<nn::linear<T>>(in, hid, true, g);
-    v_proj = std::make_shared<nn::linear<T>>(hid, out, false, g);
-    this->register_module("q_proj", q_proj);
-    this->register_module("v_proj", v_proj);
-  }
-  variable<T> forward(const variable<T>& x) override { return v_proj->forward(q_proj->forward(x)); }
-  std::shared_ptr<nn::unary_module<T>> q_proj, v_proj;
-};
-template <class T>
-struct toy : nn::unary_module<T> {
-  explicit toy(std::uint64_t seed = 1) {
-    rng g(seed);
-    encoder = std::make_shared<block<T>>(6, 5, 4, g);
-    decoder = std::make_shared<block<T>>(4, 7, 5, g);
-    classifier = std::make_shared<nn::linear<T>>(5, 3, true, g);
-    this->register_module("encoder", encoder);
-    this->register_module("decoder", decoder);
-    this->register_module("classifier", classifier);
-  }
-  variable<T> forward(const variable<T>& x) override {
-    return classifier->forward(decoder->forward(encoder->forward(x)));
-  }
-  std::shared_ptr<block<T>> encoder, decoder;
-  std::shared_ptr<nn::unary_module<T>> classifier;
-};
 
-struct temp_dir {
-  std::filesystem::path path;
-  temp_dir() {
-    static int n = 0;
-    path = std::filesystem::temp_directory_path() /
-           ("peft_serve_registry_" + std::to_string(::getpid()) + "_" + std::to_string(n++));
-    std::filesystem::remove_all(path);
-    std::filesystem::create_directories(path);
-  }
-  ~temp_dir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path, ec);
-  }
-  std::string operator/(const std::string& f) const { return (path / f).string(); }
-};
 
 inject_options targets(std::vector<std::string> names) {
   inject_options o;
