@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs the Debian packages peft.cpp's build, tests, benchmarks and examples use, skipping
-# those already installed (apt-get runs only when something is missing). Runs as root, or
-# through sudo otherwise.
+# Installs the Debian packages peft.cpp's build, tests, benchmarks and examples use, plus any
+# packages given as arguments (scripts/deps_peers.sh adds PyTorch this way), skipping those
+# already installed (apt-get runs only when something is missing). Runs as root, or through sudo
+# otherwise.
 set -euo pipefail
 
 packages=(
@@ -15,6 +16,8 @@ packages=(
   libopenmpi-dev openmpi-bin
   # datasets used by the examples (see /usr/share/datasets, bible, /usr/share/dictd, jargon)
   dataset-fashion-mnist bible-kjv dict-devil jargon-text
+  # extra packages from the command line
+  "$@"
 )
 
 missing=()
