@@ -253,6 +253,33 @@ inline std::string regex_escape(const std::string& s) {
   return out;
 }
 
+// Sets r / lora_alpha to the most common per-layer values (the smallest on a tie) and
+// rank_pattern / alpha_pattern (regex-escaped exact paths) for the other layers. `layers` is a
+// range of items with .path, .r and .alpha. Shared by save (make_adapter_config) and merge/.
+template <class Layers>
+void set_rank_patterns(adapter_config& c, const Layers& layers) {
+  std::map<std::size_t, std::size_t> rc;
+  std::map<double, std::size_t> ac;
+  for (auto& L : layers) {
+    ++rc[L.r];
+    ++ac[L.alpha];
+  }
+  auto most = [](const auto& m) {
+    auto best = m.begin();
+    for (auto it = m.begin(); it != m.end(); ++it)
+      if (it->second > best->second) best = it;
+    return best->first;
+  };
+  c.r = most(rc);
+  c.lora_alpha = most(ac);
+  c.rank_pattern.clear();
+  c.alpha_pattern.clear();
+  for (auto& L : layers) {
+    if (L.r != c.r) c.rank_pattern[regex_escape(L.path)] = L.r;
+    if (L.alpha != c.lora_alpha) c.alpha_pattern[regex_escape(L.path)] = L.alpha;
+  }
+}
+
 // Every parameter the directory holds for this model, by PEFT key (variables share the model's
 // nodes). VeRA's shared projections are not parameters and are handled separately.
 template <class T>
@@ -333,24 +360,7 @@ adapter_config make_adapter_config(nn::module<T>& model) {
   } else {
     c.use_dora = layers.front().kind == "dora";
     c.use_rslora = layers.front().rslora;
-    std::map<std::size_t, std::size_t> rc;
-    std::map<double, std::size_t> ac;
-    for (auto& L : layers) {
-      ++rc[L.r];
-      ++ac[L.alpha];
-    }
-    auto most = [](const auto& m) {
-      auto best = m.begin();
-      for (auto it = m.begin(); it != m.end(); ++it)
-        if (it->second > best->second) best = it;
-      return best->first;
-    };
-    c.r = most(rc);
-    c.lora_alpha = most(ac);
-    for (auto& L : layers) {
-      if (L.r != c.r) c.rank_pattern[detail::regex_escape(L.path)] = L.r;
-      if (L.alpha != c.lora_alpha) c.alpha_pattern[detail::regex_escape(L.path)] = L.alpha;
-    }
+    detail::set_rank_patterns(c, layers);
     const adapter<T>& a0 = layers.front().layer->get_adapter();
     const lora<T>* lo = dynamic_cast<const lora<T>*>(&a0);
     if (!lo) lo = dynamic_cast<const lora<T>*>(&dynamic_cast<const dora<T>&>(a0).inner());

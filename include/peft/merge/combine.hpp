@@ -346,31 +346,6 @@ struct layer_rank {
   double alpha = 0;
 };
 
-// Sets r / lora_alpha to the most common per-layer values and rank_pattern / alpha_pattern
-// (regex-escaped exact paths) for the others, as make_adapter_config does.
-inline void set_layer_ranks(io::adapter_config& c, const std::vector<layer_rank>& layers) {
-  std::map<std::size_t, std::size_t> rc;
-  std::map<double, std::size_t> ac;
-  for (auto& L : layers) {
-    ++rc[L.r];
-    ++ac[L.alpha];
-  }
-  auto most = [](const auto& m) {
-    auto best = m.begin();
-    for (auto it = m.begin(); it != m.end(); ++it)
-      if (it->second > best->second) best = it;
-    return best->first;
-  };
-  c.r = most(rc);
-  c.lora_alpha = most(ac);
-  c.rank_pattern.clear();
-  c.alpha_pattern.clear();
-  for (auto& L : layers) {
-    if (L.r != c.r) c.rank_pattern[io::detail::regex_escape(L.path)] = L.r;
-    if (L.alpha != c.lora_alpha) c.alpha_pattern[io::detail::regex_escape(L.path)] = L.alpha;
-  }
-}
-
 // Writes <dir>/adapter_model.safetensors (PEFT keys, `type`, metadata format=pt) then
 // <dir>/adapter_config.json, each atomically (temporary file, then rename), as
 // io::save_peft_adapter does.
@@ -539,7 +514,7 @@ inline void combine_peft_dirs(const std::vector<std::string>& dirs, const std::v
   c.target_modules = detail::combined_targets(ds, op);
   c.use_rslora = false;
   c.use_dora = false;
-  detail::set_layer_ranks(c, ranks);
+  io::detail::set_rank_patterns(c, ranks);
   detail::write_lora_dir(out_dir, c, out, ds.front().type, op);
 }
 

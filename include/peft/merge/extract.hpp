@@ -202,7 +202,7 @@ inline std::vector<extract_layer_report> extract_peft_dir(const std::string& bas
   }
   io::adapter_config c = io::adapter_config::lora();
   c.target_modules = selected;
-  detail::set_layer_ranks(c, ranks);
+  io::detail::set_rank_patterns(c, ranks);
   detail::write_lora_dir(out_dir, c, layers, io::dtype::F32, op);
   return report;
 }
