@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "peft/io/adapter_config.hpp"
+#include "../support/thrown.hpp"
 
 using namespace peft;
 using io::adapter_config;
@@ -20,12 +21,7 @@ std::string read_text(const std::string& path) {
   return {std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
 }
 std::string thrown_message(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const io_error& e) {
-    return e.what();
-  }
-  return "<no io_error>";
+  return test::thrown_message<io_error>(f);
 }
 }  // namespace
 

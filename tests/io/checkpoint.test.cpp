@@ -23,6 +23,7 @@
 #include "peft/optim/projection/galore.hpp"
 #include "peft/optim/quant8.hpp"
 #include "peft/optim/schedule.hpp"
+#include "../support/thrown.hpp"
 
 using namespace peft;
 using Catch::Matchers::Contains;
@@ -48,14 +49,7 @@ std::vector<char> file_bytes(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
   return {std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
 }
-std::string thrown_message(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const error& e) {
-    return e.what();
-  }
-  return "<no error>";
-}
+using test::thrown_message;
 bool same_bits(const tensor<float>& a, const tensor<float>& b) {
   return shape_of(a) == shape_of(b) && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
 }

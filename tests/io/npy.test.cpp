@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "peft/io/npy.hpp"
+#include "../support/thrown.hpp"
 
 using namespace peft;
 using Catch::Matchers::Contains;
@@ -26,14 +27,7 @@ std::vector<std::uint8_t> file_bytes(const std::string& path) {
   return {std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
 }
 std::string thrown_message(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const io_error& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    return std::string("<not an io_error> ") + e.what();
-  }
-  return "<no error>";
+  return test::thrown_message<io_error>(f);
 }
 }  // namespace
 

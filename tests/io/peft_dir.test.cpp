@@ -16,6 +16,7 @@
 #include "peft/nn/linear.hpp"
 #include "../support/temp_dir.hpp"
 #include "../support/toy_model.hpp"
+#include "../support/thrown.hpp"
 
 using namespace peft;
 using io::adapter_config;
@@ -65,14 +66,7 @@ bool bitwise_equal(const tensor<T>& a, const tensor<T>& b) {
   return shape_of(a) == shape_of(b) && std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
 }
 
-std::string thrown_message(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const error& e) {
-    return e.what();
-  }
-  return "<no error>";
-}
+using test::thrown_message;
 
 std::set<std::string> file_keys(const std::string& dir) {
   const auto f = io::safetensors_file::load(dir + "/adapter_model.safetensors");

@@ -13,6 +13,7 @@
 #include "peft/core/random.hpp"
 #include "peft/io/safetensors.hpp"
 #include "../support/temp_dir.hpp"
+#include "../support/thrown.hpp"
 
 using namespace peft;
 using io::dtype;
@@ -29,12 +30,7 @@ std::vector<std::uint8_t> read_bytes(const std::string& path) {
 
 
 std::string thrown_message(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const io_error& e) {
-    return e.what();
-  }
-  return "<no io_error>";
+  return test::thrown_message<io_error>(f);
 }
 }  // namespace
 

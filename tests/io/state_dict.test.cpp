@@ -10,6 +10,7 @@
 #include "peft/adapters/inject.hpp"
 #include "peft/io/state_dict.hpp"
 #include "peft/nn/linear.hpp"
+#include "../support/thrown.hpp"
 
 using namespace peft;
 
@@ -30,14 +31,7 @@ struct net : nn::unary_module<T> {
 std::string temp_file(const std::string& name) {
   return (std::filesystem::temp_directory_path() / ("peft_io_sd_" + std::to_string(::getpid()) + "_" + name)).string();
 }
-std::string thrown_message(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const error& e) {
-    return e.what();
-  }
-  return "<no error>";
-}
+using test::thrown_message;
 template <class T>
 bool same_params(const nn::module<T>& a, const nn::module<T>& b) {
   const auto pa = a.get_state_dict(), pb = b.get_state_dict();

@@ -17,6 +17,7 @@
 #include "peft/nn/linear.hpp"
 #include "../support/temp_dir.hpp"
 #include "../support/toy_model.hpp"
+#include "../support/thrown.hpp"
 
 using namespace peft;
 using merge::combine_method;
@@ -60,14 +61,7 @@ combine_options with(combine_method m, double density = 1.0) {
   o.density = density;
   return o;
 }
-std::string thrown_message(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const error& e) {
-    return e.what();
-  }
-  return "<no error>";
-}
+using test::thrown_message;
 
 // ---- independent, element-by-element versions of PEFT's merge_utils ----
 using flat = std::vector<double>;
