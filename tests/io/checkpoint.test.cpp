@@ -197,7 +197,50 @@ run flora_adamw(std::uint64_t) {
       r.model->trainable_parameters(), o, fo, po);
   return r;
 }
+// (d) MoE of LoRA experts with router noise and expert dropout, AdamW.
+run moe_adamw(std::uint64_t adapter_seed) {
+  run r;
+  r.model = std::make_shared<net>(11);
+  inject_options io;
+  io.targets = target_modules::list({"fc1", "fc2"});
+  inject_adapters<float>(*r.model, io, 2, 4, [&](const layer_info<float>& info) {
+    moe_config mc;
+    mc.num_experts = 3;
+    mc.top_k = 2;
+    mc.noise_std = 0.5;
+    mc.seed = adapter_seed + info.index;
+    std::vector<std::shared_ptr<adapter<float>>> experts;
+    for (std::size_t e = 0; e < mc.num_experts; ++e) {
+      lora_config lc;
+      lc.r = 2;
+      lc.alpha = 4;
+      lc.dropout = 0.2;
+      lc.seed = adapter_seed * 10 + e;
+      experts.push_back(std::make_shared<lora<float>>(info.in, info.out, lc, init::random_both{0.3}));
+    }
+    return std::make_shared<moe<float>>(info.in, info.out, mc, std::move(experts));
+  });
+  optim::adamw_options o;
+  o.lr = 0.02;
+  r.opt = std::make_unique<optim::adamw<float>>(r.model->trainable_parameters(), o);
+  return r;
+}
 }  // namespace
+
+TEST_CASE("checkpoint: MoE-LoRA with router noise and expert dropout resumes bit for bit",
+          "[io][checkpoint]") {
+  const std::string path = temp_file("moe.ckpt");
+  auto o = full_and_resumed(moe_adamw, 3, 7, path);
+  check_identical(o.full, o.resumed);
+  const auto f = io::safetensors_file::load(path);
+  CHECK_THAT(f.metadata().at("checkpoint"), Contains("fc1.router_noise"));
+  CHECK_THAT(f.metadata().at("checkpoint"), Contains("fc2.experts.2.dropout"));
+  SECTION("the test can fail: without the rng states the resumed run differs") {
+    auto p = full_and_resumed(moe_adamw, 3, 7, path, /*with_rngs=*/false);
+    CHECK_FALSE(same_parameters(p.full, p.resumed));
+  }
+  std::filesystem::remove(path);
+}
 
 TEST_CASE("checkpoint: LoRA + dropout + AdamW + schedule resumes bit for bit", "[io][checkpoint]") {
   const std::string path = temp_file("lora.ckpt");

@@ -22,9 +22,11 @@
 #include "peft/optim/projection/identity.hpp"
 #include "peft/optim/quant8.hpp"
 #include "peft/optim/sgd.hpp"
+#include "../support/thrown.hpp"
 
 using namespace peft;
 using Catch::Matchers::Contains;
+using peft::test::thrown_message;
 
 namespace {
 
@@ -229,6 +231,19 @@ TEMPLATE_LIST_TEST_CASE("projector contract", "[optim][projected][projector]", p
     const matrix<double> back = p.project_back(low, 0);
     REQUIRE(std::size_t(back.rows()) == m);
     REQUIRE(std::size_t(back.cols()) == n);
+    // The optimizer's fused path: project_back_add(low, W, α) = W + α·project_back(low), written
+    // into W with no temporary of W's size.
+    {
+      const tensor<double> W0 = random_tensor<double>({m, n}, 3);
+      matrix<double> W = as_matrix(W0);
+      p.project_back_add(low, 0, W, -0.75);
+      const matrix<double> want = as_matrix(W0) - 0.75 * back;
+      REQUIRE((W - want).cwiseAbs().maxCoeff() < 1e-12 * (1 + want.cwiseAbs().maxCoeff()));
+      matrix<double> wrong(Eigen::Index(m + 1), Eigen::Index(n));
+      const std::string msg = thrown_message<shape_error>([&] { p.project_back_add(low, 0, wrong, 1.0); });
+      CHECK_THAT(msg, Contains("project_back_add") &&
+                          Contains("[" + std::to_string(m + 1) + "," + std::to_string(n) + "]"));
+    }
     if constexpr (optim::plans_state_bytes<P>) REQUIRE(p.state_bytes() == p.planned_state_bytes(m, n));
 
     // A saved projector restored into a fresh one projects the same bits.

@@ -73,6 +73,8 @@ class moe : public adapter<T> {
   const moe_config& config() const { return cfg_; }
   adapter<T>& expert(std::size_t e) { return *experts_.at(e); }
   std::size_t num_experts() const { return experts_.size(); }
+  // The router-noise stream (training with noise_std > 0); checkpoints save and restore it.
+  rng& noise_rng() { return noise_rng_; }
 
   // ctx.m[0] = router probabilities p [N, E]; ctx.m[1] = gates [N, k]; ctx.m[2+e] = Δ_e on the
   // rows routed to e [n_e, out]; ctx.idx[i] = the k experts of row i... stored flat as

@@ -123,12 +123,8 @@ class data_parallel {
       s.low_cols = ls.second;
     }
     engine* o = &opt;
-    // rule_optimizer hands out its projectors as const (checkpoint code must not change them);
-    // the objects themselves are not const, and the hooks below only make the calls the
-    // optimizer's own step would make, one step early.
-    auto proj = [o](std::size_t i) -> synced_projector<P>& {
-      return const_cast<synced_projector<P>&>(o->projector(i));
-    };
+    // The hooks below only make the calls the optimizer's own step would make, one step early.
+    auto proj = [o](std::size_t i) -> synced_projector<P>& { return o->projector(i); };
     needs_full_ = [o](std::size_t i) { return o->projector(i).needs_refresh(o->step_count(i)); };
     project_ = [o, proj, group_of](std::size_t i, const tensor<T>* grad, const tensor<T>& w,
                                    std::size_t rows, std::size_t cols) -> matrix<T> {

@@ -64,6 +64,13 @@ class synced_projector {
   matrix<T> project_back(matrix_cref<T> low, std::size_t step) {
     return inner_.project_back(low, step);
   }
+  void project_back_add(matrix_cref<T> low, std::size_t step, matrix_ref<T> W, T alpha = T(1))
+    requires requires(P& p, matrix_cref<T> l, std::size_t t, matrix_ref<T> w, T a) {
+      p.project_back_add(l, t, w, a);
+    }
+  {
+    inner_.project_back_add(low, step, W, alpha);
+  }
   std::pair<std::size_t, std::size_t> low_shape(std::size_t rows, std::size_t cols) const {
     return inner_.low_shape(rows, cols);
   }

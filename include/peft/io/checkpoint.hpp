@@ -75,6 +75,7 @@ template <class T>
 void collect_adapter_rngs(adapter<T>& a, const std::string& path, std::vector<std::pair<std::string, rng*>>& out) {
   if (auto* d = dynamic_cast<dora<T>*>(&a)) return collect_adapter_rngs(d->inner(), path, out);
   if (auto* m = dynamic_cast<moe<T>*>(&a)) {
+    out.emplace_back(path + ".router_noise", &m->noise_rng());
     for (std::size_t e = 0; e < m->num_experts(); ++e)
       collect_adapter_rngs(m->expert(e), path + ".experts." + std::to_string(e), out);
     return;
@@ -103,9 +104,9 @@ inline bool parse_hex_word(const std::string& s, std::uint64_t& w) {
 }  // namespace detail
 
 // The dropout random streams of every adapted layer of `model`, named "<layer path>.dropout"
-// (MoE experts: "<path>.experts.<e>.dropout"), for checkpoint::add_rngs. Covers LoRA (and
-// DoRA over it), VeRA, NOLA, LoRA-XS, MoSLoRA, RandLoRA; MoE's router noise stream is not
-// reachable from outside the adapter and is not included.
+// (MoE: "<path>.router_noise" and its experts' "<path>.experts.<e>.dropout"), for
+// checkpoint::add_rngs. Covers LoRA (and DoRA over it), VeRA, NOLA, LoRA-XS, MoSLoRA, RandLoRA
+// and MoE.
 template <class T>
 std::vector<std::pair<std::string, rng*>> adapter_rngs(nn::module<T>& model) {
   std::vector<std::pair<std::string, rng*>> out;

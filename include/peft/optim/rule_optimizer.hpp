@@ -10,7 +10,8 @@
 //   G' = sign·G + l2·W                      (maximize / L2 decay, as the base does; not for AdamW)
 //   projected: if needs_refresh(t) { refresh(G', t); transfer(moments) }
 //              u = rule(project(G', t))     (moments live in the low shape)
-//              W = W·(1 − decay) + project_back(u, t)
+//              W = W·(1 − decay) + project_back(u, t)   (project_back_add(u, t, W) when the
+//                                                          projector has it: no temporary)
 //   otherwise: u = rule(G');  W = W·(1 − decay) + u
 // where `decay` is the rule's decoupled weight decay (AdamW, Adafactor) applied to the full weight.
 //
@@ -44,6 +45,7 @@
 #include "peft/core/error.hpp"
 #include "peft/core/random.hpp"
 #include "peft/core/tensor.hpp"
+#include "peft/detail/elementwise.hpp"
 #include "peft/optim/adam.hpp"
 #include "peft/optim/optimizer.hpp"
 #include "peft/optim/projection/projector.hpp"
@@ -216,6 +218,11 @@ class rule_optimizer : public optimizer<T> {
     if (!s.proj) throw value_error(name() + ": projector: parameter " + std::to_string(i) +
                                    " " + shape_str(s.param.shape()) + " is not projected");
     return *s.proj;
+  }
+  // Mutable access for code that drives the projector's calls itself (e.g. dist's data-parallel
+  // hooks, which make the optimizer's own calls one step early).
+  Projector& projector(std::size_t i) {
+    return const_cast<Projector&>(std::as_const(*this).projector(i));
   }
   // Updates parameter i has received.
   std::size_t step_count(std::size_t i) const { return slot(i, "step_count").step; }
@@ -522,14 +529,21 @@ class rule_optimizer : public optimizer<T> {
                             std::to_string(low.cols()) + "], low_shape says " + shape_str(ls));
         decay = Rule::direction(g, t + 1, vector_map<T>(low.data(), low.size()), ls, work_,
                                 as_vector(std::as_const(w)));
-        matrix<T> back = P.project_back(low, t);
-        if (back.rows() != R || back.cols() != C)
-          throw shape_error(name() + ": project_back returned [" + std::to_string(back.rows()) +
-                            "," + std::to_string(back.cols()) + "] for a " + shape_str(w.shape()) +
-                            " parameter");
         auto wm = as_matrix(w, s.rows, s.cols);
-        if (decay != 0) wm.array() *= T(1 - decay);
-        wm += back;
+        if (decay != 0) peft::detail::scale_in_place(as_vector(w), T(1 - decay));
+        if constexpr (requires(const matrix<T>& l, matrix_ref<T> W) {
+                        P.project_back_add(l, t, W, T(1));
+                      }) {
+          // The back-projection accumulates straight into W (one GEMM, no W-sized temporary).
+          P.project_back_add(std::as_const(low), t, matrix_ref<T>(wm), T(1));
+        } else {
+          matrix<T> back = P.project_back(std::as_const(low), t);
+          if (back.rows() != R || back.cols() != C)
+            throw shape_error(name() + ": project_back returned [" + std::to_string(back.rows()) +
+                              "," + std::to_string(back.cols()) + "] for a " +
+                              shape_str(w.shape()) + " parameter");
+          wm += back;
+        }
         s.state.save(work_, specs, po_.min_8bit_size, pool_);
         ++s.step;
         return;
@@ -542,7 +556,7 @@ class rule_optimizer : public optimizer<T> {
     decay = Rule::direction(g, t + 1, vector_map<T>(u_.data(), u_.size()), s.param.shape(), work_,
                             as_vector(std::as_const(w)));
     auto wv = as_vector(w);
-    if (decay != 0) wv.array() *= T(1 - decay);
+    if (decay != 0) peft::detail::scale_in_place(wv, T(1 - decay));
     wv += u_;
     s.state.save(work_, specs, po_.min_8bit_size, pool_);
     ++s.step;

@@ -311,6 +311,20 @@ class coap_projector {
     return full;
   }
 
+  // W += alpha·project_back(low), accumulated straight into W (no W-sized temporary).
+  void project_back_add(matrix_cref<T> low, std::size_t /*step*/, matrix_ref<T> W,
+                        T alpha = T(1)) const {
+    const auto ls = low_shape(rows_, cols_);
+    check("project_back_add", low.rows(), low.cols(), ls.first, ls.second);
+    check("project_back_add", W.rows(), W.cols(), rows_, cols_);
+    if (!has_basis_) throw value_error("coap: project_back_add before the first refresh");
+    const T a = alpha * T(o_.scale);
+    if (left_)
+      W.noalias() += (a * P_) * low;
+    else
+      W.noalias() += (a * low) * P_.transpose();
+  }
+
   std::pair<std::size_t, std::size_t> low_shape(std::size_t rows, std::size_t cols) const {
     if (rows < cols) return {o_.rank, cols};
     return {rows, o_.rank};

@@ -188,6 +188,26 @@ class galore_projector {
     return full;
   }
 
+  // W += alpha·project_back(low) with the product accumulated straight into W: no W-sized
+  // temporary and no extra pass over it (the optimizer's hot path).
+  void project_back_add(matrix_cref<T> low, std::size_t /*step*/, matrix_ref<T> W,
+                        T alpha = T(1)) const {
+    const auto ls = low_shape(rows_, cols_);
+    check("project_back_add", low.rows(), low.cols(), ls.first, ls.second);
+    check("project_back_add", W.rows(), W.cols(), rows_, cols_);
+    if (!has_basis_) throw value_error("galore: project_back_add before the first refresh");
+    const T a = alpha * T(o_.scale);
+    switch (side_) {
+      case projection_side::left: W.noalias() += (a * P_) * low; break;
+      case projection_side::right: W.noalias() += (a * low) * Q_.transpose(); break;
+      case projection_side::both: {
+        const matrix<T> t = (a * P_) * low;
+        W.noalias() += t * Q_.transpose();
+        break;
+      }
+    }
+  }
+
   std::pair<std::size_t, std::size_t> low_shape(std::size_t rows, std::size_t cols) const {
     switch (galore_side(o_.proj_type, rows, cols)) {
       case projection_side::left: return {o_.rank, cols};

@@ -51,6 +51,16 @@ class identity_projector {
     check("project_back", low.rows(), low.cols());
     return low;
   }
+  // W += alpha·low (alpha = 1 adds without a multiply: bit-identical to the plain optimizer).
+  void project_back_add(matrix_cref<T> low, std::size_t /*step*/, matrix_ref<T> W,
+                        T alpha = T(1)) const {
+    check("project_back_add", low.rows(), low.cols());
+    check("project_back_add", W.rows(), W.cols());
+    if (alpha == T(1))
+      W += low;
+    else
+      W += alpha * low;
+  }
   std::pair<std::size_t, std::size_t> low_shape(std::size_t rows, std::size_t cols) const {
     return {rows, cols};
   }

@@ -7,6 +7,11 @@
 //   low  = p.project(G, step);             // optimizer moments live in low's shape
 //   full = p.project_back(update_low, step);
 //
+// Optional: `void project_back_add(matrix_cref<T> low, std::size_t step, matrix_ref<T> W, T alpha)`
+// (W += alpha·project_back(low)). When a projector has it the optimizer uses it instead of
+// project_back, so the back-projection is one GEMM accumulating into W with no temporary of
+// W's size (every projector of the library has it).
+//
 // Shapes: for a left projection with basis P [m, r], low = Pᵀ·G [r, n] and back = P·low; for a
 // right projection with Q [n, r], low = G·Q [m, r] and back = low·Qᵀ; two-sided: Pᵀ·G·Q [r, r].
 #include <concepts>
