@@ -46,10 +46,14 @@ def load(pattern):
 
 
 class Table:
-    def __init__(self, native, blas, openblas, torch):
+    def __init__(self, native, blas, openblas, torch, torch_env=None):
         self.native, self.blas, self.openblas, self.torch = native, blas, openblas, torch
         self.rows = []
         self.have_blas = bool(blas)
+        # PyTorch once more on the OpenBLAS kernel of the machine's environment (when the run
+        # picked another one): every torch row is repeated against it, default build only.
+        self.torch_env = torch_env if torch_env and any(torch_env.values()) else None
+        self.env_rows = []
 
     def ref(self, kind, name, t, build):
         """Reference time: from OpenBLAS, PyTorch (per thread count) or our own build."""
@@ -76,6 +80,18 @@ class Table:
         cells.append(("≤ %.3g" % target) if target is not None else "")
         cells.append(note)
         self.rows.append(cells)
+        if ref_kind == "torch" and self.torch_env is not None and ours_src is None:
+            o = self.native.get(ours)
+            b = self.torch_env.get(t, {}).get(ref_name)
+            om, r = (o["ms"] if o else None), (b["ms"] if b else None)
+            self.env_rows.append([what, str(t), fmt_ms(om), fmt_ms(r), fmt_ratio(om, r, target),
+                                  ("≤ %.3g" % target) if target is not None else ""])
+
+    def env_markdown(self):
+        head = ["comparison", "thr", "peft ms", "torch ms", "peft/torch", "target"]
+        lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+        lines += ["| " + " | ".join(r) + " |" for r in self.env_rows]
+        return "\n".join(lines)
 
     def markdown(self):
         head = ["comparison", "thr", "peft ms", "ref ms", "peft/ref"]
@@ -120,7 +136,8 @@ def main():
     openblas = load(os.path.join(d, "openblas.json"))
     glibc = load(os.path.join(d, "glibc_*.json"))  # the default build under glibc's malloc
     torch = {t: load(os.path.join(d, "torch_t%d.json" % t)) for t in (1, 2)}
-    T = Table(native, blas, openblas, torch)
+    torch_env = {t: load(os.path.join(d, "torch_env_t%d.json" % t)) for t in (1, 2)}
+    T = Table(native, blas, openblas, torch, torch_env)
 
     if a.quick:
         gemm_n, lt, lsizes, big, small = [256], 64, [256], 256, 256
@@ -196,6 +213,16 @@ def main():
     what = "wall-time" if METRIC == "real_time" else "CPU-time"
     out = ["## peft.cpp vs PyTorch and OpenBLAS (%s ratios, lower is better)" % what, "",
            T.markdown(), ""]
+    if T.env_rows:
+        envk = "?"
+        ef = os.path.join(d, "torch_env.txt")
+        if os.path.exists(ef):
+            envk = open(ef).read().strip() or "OpenBLAS's own detection"
+        out += ["### PyTorch on the environment's OpenBLAS kernel (OPENBLAS_CORETYPE=%s)" % envk, "",
+                "The same PyTorch rows against PyTorch run with the OpenBLAS kernel this machine's "
+                "environment selects (the table above gives PyTorch the fastest kernel). peft is "
+                "the default build (Eigen's own kernel, which OPENBLAS_CORETYPE does not affect).",
+                "", T.env_markdown(), ""]
 
     # Captured energy of the GaLore bases (1 = the exact top-r subspace).
     erows = []

@@ -44,7 +44,7 @@ JOBS=${JOBS:-1}
 MIN_TIME=${MIN_TIME:-0.5}
 RES="$OUT/results"
 mkdir -p "$RES"
-rm -f "$RES"/*.json "$RES"/env.txt
+rm -f "$RES"/*.json "$RES"/env.txt "$RES"/torch_env.txt
 PY=/usr/bin/python3
 GEN=()
 command -v ninja >/dev/null && GEN=(-G Ninja)
@@ -106,6 +106,7 @@ elif [ -x "$BIN/bench_core_blas" ]; then
 else
   CORETYPE=${OPENBLAS_CORETYPE:-}
 fi
+ENV_CORETYPE=${OPENBLAS_CORETYPE:-}
 if [ -n "$CORETYPE" ]; then export OPENBLAS_CORETYPE="$CORETYPE"; else unset OPENBLAS_CORETYPE; fi
 echo "using OPENBLAS_CORETYPE='${CORETYPE}' (empty = OpenBLAS's own detection) for every BLAS run" >&2
 
@@ -173,6 +174,18 @@ else
       $PY "$PEERS/torch_peer.py" --threads "$t" --out "$RES/torch_t$t.json" \
       --min-time "$MIN_TIME" "${TORCH_ARGS[@]}"
   done
+  # PyTorch once more with the environment's kernel when the probe picked another one: the
+  # configuration a user of this machine gets (and that of the reference numbers).
+  if [ "$ENV_CORETYPE" != "$CORETYPE" ]; then
+    printf '%s\n' "$ENV_CORETYPE" >"$RES/torch_env.txt"
+    for t in "${THREADS[@]}"; do
+      say "PyTorch, $t thread(s), environment's OPENBLAS_CORETYPE='$ENV_CORETYPE'"
+      env OPENBLAS_CORETYPE="$ENV_CORETYPE" OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS="$t" \
+        OPENBLAS_NUM_THREADS="$t" ${TCMALLOC:+LD_PRELOAD="$TCMALLOC"} \
+        $PY "$PEERS/torch_peer.py" --threads "$t" --out "$RES/torch_env_t$t.json" \
+        --min-time "$MIN_TIME" "${TORCH_ARGS[@]}" --no-svd
+    done
+  fi
 fi
 
 # ---------------------------------------------------------------- 4. the table

@@ -31,21 +31,42 @@ class stopwatch {
   std::chrono::steady_clock::time_point t0_;
 };
 
-// Peak resident set size of this process so far (getrusage: ru_maxrss is in KiB on Linux).
+// Peak resident set size of this process so far. Linux: VmHWM of /proc/self/status, the
+// high-water mark of this address space only (getrusage's ru_maxrss also keeps the peak of the
+// image before exec, i.e. of the parent that spawned us, and is not reset by reset_peak_rss).
+// Elsewhere getrusage (ru_maxrss is in KiB on Linux and the BSDs).
+namespace detail {
+// A "Name:   123 kB" field of /proc/self/status in bytes, 0 when absent.
+inline std::size_t proc_status_bytes(const char* field) {
+  std::ifstream status("/proc/self/status");
+  const std::string key = std::string(field) + ":";
+  for (std::string line; std::getline(status, line);)
+    if (line.rfind(key, 0) == 0)
+      return std::size_t(std::strtoull(line.c_str() + key.size(), nullptr, 10)) * 1024;
+  return 0;
+}
+}  // namespace detail
+
 inline std::size_t peak_rss_bytes() {
+  if (const std::size_t hwm = detail::proc_status_bytes("VmHWM")) return hwm;
   rusage u{};
   if (getrusage(RUSAGE_SELF, &u) != 0) return 0;
   return std::size_t(u.ru_maxrss) * 1024;
 }
 
 // Resets this process's peak-RSS high-water mark (Linux >= 4.0: "5" > /proc/self/clear_refs),
-// so peak_rss_bytes() afterwards measures one phase. Returns false where unsupported.
+// so peak_rss_bytes() afterwards measures one phase. Returns whether the reset took effect
+// (VmHWM came down to the current RSS), false where unsupported.
 inline bool reset_peak_rss() {
-  std::ofstream f("/proc/self/clear_refs");
-  if (!f) return false;
-  f << "5";
-  f.flush();
-  return bool(f);
+  {
+    std::ofstream f("/proc/self/clear_refs");
+    if (!f) return false;
+    f << "5";
+    f.flush();
+    if (!f) return false;
+  }
+  const std::size_t hwm = detail::proc_status_bytes("VmHWM"), rss = detail::proc_status_bytes("VmRSS");
+  return hwm != 0 && hwm <= rss + (std::size_t(1) << 20);
 }
 
 // "12.3 MiB"

@@ -1,5 +1,6 @@
 #pragma once
-// Memory-bound passes over big buffers, split over the library's threads. Each element sees
+// Memory-bound passes over big buffers, split over the library's threads (with OpenMP and
+// Eigen's own GEMM, see PEFT_OWN_OPENMP in core/threads.hpp). Each element sees
 // exactly the same arithmetic as the serial loop, so results are bit-identical for any thread
 // count.
 #include <Eigen/Core>
@@ -17,7 +18,11 @@ inline constexpr Eigen::Index parallel_min_elements = Eigen::Index(1) << 18;
 template <class T>
 void scale_in_place(vector_map<T> x, T a) {
   const Eigen::Index n = x.size();
+#ifdef PEFT_OWN_OPENMP
   const int nt = n >= parallel_min_elements ? std::max(1, num_threads()) : 1;
+#else
+  const int nt = 1;
+#endif
   if (nt == 1) {
     x.array() *= a;
     return;

@@ -24,10 +24,11 @@ namespace detail {
 // Runs f(i) for i in [0, batches). Small per-batch products (attention heads) are spread over
 // threads by batch, which beats letting Eigen split each small GEMM; Eigen runs single-threaded
 // inside the parallel region. Large products keep Eigen's own GEMM threading.
+// With a BLAS the batches run in order and the BLAS threads each product (PEFT_OWN_OPENMP).
 // f must write disjoint memory for different i.
 template <class F>
 void matmul_for_batches(std::size_t batches, std::size_t work_per_batch, F&& f) {
-#ifdef _OPENMP
+#ifdef PEFT_OWN_OPENMP
   const int nt = num_threads();
   if (nt > 1 && batches > 1 && work_per_batch <= std::size_t(1) << 21) {
     const serial_blas_guard one_blas_thread;  // with EIGEN_USE_BLAS: no BLAS threads inside
