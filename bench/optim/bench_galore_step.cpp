@@ -1,11 +1,15 @@
 // GaLore at the size (4096 x 4096, r = 128) on a gradient-like matrix, for the peer
 // comparison (bench/peers/torch_peer.py: galore_refresh / galore_step):
-//   BM_GaloreRefresh   one basis refresh with the randomized solver (range finder + `niter`
-//                      power iterations, oversampling 8) on G = U·diag(σ)·Vᵀ with σ_i = (i+1)^−a,
-//                      a = decay/10, U and V random orthogonal. Counter `energy` = captured
-//                      energy of the basis relative to the exact top-r subspace's,
-//                      ‖G·Q‖²_F / Σ_{i<r} σ_i² (1 = exact; the target is ≥ 0.99). The exact value
-//                      is known from σ, so no 4096² SVD is needed to score it.
+//   BM_GaloreRefresh   one basis refresh with the randomized solver as galore_projector runs it
+//                      by default (range finder + `niter` power iterations, oversampling 8,
+//                      CholeskyQR2 re-orthonormalisation, Rayleigh–Ritz tail: 2·niter + 1
+//                      products with G) on G = U·diag(σ)·Vᵀ with σ_i = (i+1)^−a, a = decay/10,
+//                      U and V random orthogonal. Counter `energy` = captured energy of the basis
+//                      relative to the exact top-r subspace's, ‖G·Q‖²_F / Σ_{i<r} σ_i² (1 =
+//                      exact; the target is ≥ 0.99). The exact value is known from σ, so no 4096²
+//                      SVD is needed to score it.
+//   BM_GaloreRefreshExactTail   the same with fast_tail = false: the exact tail (SVD of Qᵀ·G,
+//                      2·niter + 2 products, as torch.svd_lowrank), 1 thread.
 //   BM_GaloreStep      projected<adamw, galore_projector> between refreshes (project, AdamW on
 //                      the [n, r] moments, project back, decoupled decay, update of W).
 //   BM_GaloreStepFloor the same step's arithmetic written directly with Eigen and no temporaries
@@ -71,7 +75,7 @@ const matrix<T>& decaying_matrix(Eigen::Index n, std::int64_t decay) {
   return cache.emplace(key, std::move(G)).first->second;
 }
 
-void BM_GaloreRefresh(benchmark::State& state) {
+void refresh_bench(benchmark::State& state, bool fast_tail) {
   const auto n = Eigen::Index(state.range(0));
   const auto r = std::size_t(state.range(1));
   const auto niter = std::size_t(state.range(2));
@@ -82,6 +86,7 @@ void BM_GaloreRefresh(benchmark::State& state) {
   o.rank = r;
   o.solver = peft::optim::svd_solver::randomized;
   o.power_iters = niter;
+  o.fast_tail = fast_tail;
   peft::optim::galore_projector<T> p(o, std::size_t(n), std::size_t(n), 7);
   std::size_t t = 0;
   for (auto _ : state) {
@@ -95,6 +100,9 @@ void BM_GaloreRefresh(benchmark::State& state) {
   const double exact = double(s.head(Eigen::Index(r)).squaredNorm());
   state.counters["energy"] = captured / exact;
 }
+
+void BM_GaloreRefresh(benchmark::State& state) { refresh_bench(state, true); }
+void BM_GaloreRefreshExactTail(benchmark::State& state) { refresh_bench(state, false); }
 
 peft::optim::galore_options step_options(std::size_t r) {
   peft::optim::galore_options o;
@@ -156,6 +164,13 @@ void refresh_args(benchmark::internal::Benchmark* b) {
       for (std::int64_t it : {2, 1}) b->Args({4096, 128, it, decay, t});
   b->UseRealTime()->Unit(benchmark::kMillisecond);
 }
+void exact_tail_args(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"n", "r", "niter", "decay", "threads"});
+  b->Args({256, 16, 2, 10, 1});
+  for (std::int64_t decay : {10, 5})
+    for (std::int64_t it : {2, 1}) b->Args({4096, 128, it, decay, 1});
+  b->UseRealTime()->Unit(benchmark::kMillisecond);
+}
 void step_args(benchmark::internal::Benchmark* b) {
   b->ArgNames({"n", "r", "threads"});
   b->Args({256, 16, 1});
@@ -166,6 +181,7 @@ void step_args(benchmark::internal::Benchmark* b) {
 }  // namespace
 
 BENCHMARK(BM_GaloreRefresh)->Apply(refresh_args);
+BENCHMARK(BM_GaloreRefreshExactTail)->Apply(exact_tail_args);
 BENCHMARK(BM_GaloreStep)->Apply(step_args);
 BENCHMARK(BM_GaloreStepFloor)->Apply(step_args);
 

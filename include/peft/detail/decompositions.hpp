@@ -1,12 +1,13 @@
 #pragma once
 // The only place the library instantiates Eigen's dense decompositions (thin SVD, thin QR,
-// symmetric eigen-decomposition). They are by far the most expensive templates to compile
+// symmetric eigen-decomposition, Cholesky). They are by far the most expensive templates to compile
 // (tens of seconds each per scalar type), so every caller goes through these few functions, and a
 // program made of many translation units can compile them once:
 //   - compile every TU with -DPEFT_EXTERN_TEMPLATES (the functions are then only declared), and
 //   - one TU defines PEFT_INSTANTIATE_TEMPLATES before including this header (float and double
 //     are instantiated there). peft's own tests, benchmarks, examples and tools do this.
 // Without either macro nothing changes: the functions are ordinary templates.
+#include <Eigen/Cholesky>
 #include <Eigen/Core>
 #include <Eigen/Eigenvalues>
 #include <Eigen/QR>
@@ -73,10 +74,22 @@ eig_result<T> symmetric_eigen(const matrix<T>& a) {
   return {es.eigenvalues(), es.eigenvectors()};
 }
 
+// Cholesky factor: upper-triangular R with a = Rᵀ·R of a symmetric positive definite matrix (only
+// its lower triangle is read). Returns false, R unspecified, when a is not numerically positive
+// definite (a pivot <= 0; tiny positive pivots pass, callers judge the result).
+template <class T>
+bool cholesky_upper(const matrix<T>& a, matrix<T>& R) {
+  Eigen::LLT<matrix<T>, Eigen::Lower> llt(a);
+  if (llt.info() != Eigen::Success) return false;
+  R = llt.matrixU();  // the strictly lower part is set to zero
+  return true;
+}
+
 #define PEFT_DETAIL_DECOMPOSITIONS(prefix, T)                              \
   prefix svd_result<T> thin_svd<T>(const matrix<T>&, bool, bool);          \
   prefix qr_result<T> thin_qr<T>(const matrix<T>&, bool);                  \
-  prefix eig_result<T> symmetric_eigen<T>(const matrix<T>&);
+  prefix eig_result<T> symmetric_eigen<T>(const matrix<T>&);               \
+  prefix bool cholesky_upper<T>(const matrix<T>&, matrix<T>&);
 #ifdef PEFT_EXTERN_TEMPLATES
 PEFT_DETAIL_DECOMPOSITIONS(extern template, float)
 PEFT_DETAIL_DECOMPOSITIONS(extern template, double)
