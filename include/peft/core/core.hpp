@@ -1,5 +1,7 @@
 #pragma once
-// Umbrella for peft/core: tensors and their Eigen views, seeded random numbers, errors, threads.
+// Umbrella for peft/core: tensors and their Eigen views, their caching allocator, seeded random
+// numbers, errors, threads.
+#include "peft/core/allocator.hpp"
 #include "peft/core/error.hpp"
 #include "peft/core/random.hpp"
 #include "peft/core/tensor.hpp"

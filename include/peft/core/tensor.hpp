@@ -6,12 +6,15 @@
 #include <vector>
 #include <xtensor/xarray.hpp>
 
+#include "peft/core/allocator.hpp"
 #include "peft/core/error.hpp"
 
 namespace peft {
 
+// Storage comes from the caching allocator: activations and gradients freed at the end of a
+// training step are reused by the next one instead of being unmapped and faulted in again.
 template <class T>
-using tensor = xt::xarray<T, xt::layout_type::row_major>;
+using tensor = xt::xarray<T, xt::layout_type::row_major, caching_allocator<T>>;
 using shape_t = std::vector<std::size_t>;
 
 template <class T>
