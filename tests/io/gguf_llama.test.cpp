@@ -501,3 +501,37 @@ TEST_CASE("malformed LoRA files are refused with io_error", "[io][gguf_llama]") 
   check([](gguf_file& f) { f.add_tensor("token_embd.weight.lora_a", tensor<float>(zeros<float>({2, 16}))); },
         "token_embd");
 }
+
+// The model-free exporter (used by lora_to_gguf and by `peft convert`): llama.cpp computes
+// ΔW = (alpha / r)·B'·A, so each module's B' = (natural / alpha)·B with alpha = the first
+// module's natural scale unless given.
+TEST_CASE("gguf lora: lora_factors_to_gguf folds each module's scale into B and names bad modules",
+          "[io][gguf][llama]") {
+  io::gguf_lora_factor<double> a, b;
+  a.name = "blk.0.ffn_up.weight";
+  a.B = matrix<double>::Constant(4, 2, 1.0);
+  a.A = matrix<double>::Constant(2, 3, 0.5);
+  a.natural = 8.0;  // alpha = 8
+  b = a;
+  b.name = "blk.0.ffn_down.weight";
+  b.natural = 2.0;  // folded: B' = (2 / 8)·B
+  const gguf_file f = io::lora_factors_to_gguf<double>({a, b});
+  CHECK(f.get<float>("adapter.lora.alpha") == 8.0f);
+  const tensor<double> down = f.get_tensor<double>("blk.0.ffn_down.weight.lora_b");
+  CHECK_THAT(down(0, 0), Catch::Matchers::WithinAbs(0.25, 1e-12));
+  const tensor<double> up = f.get_tensor<double>("blk.0.ffn_up.weight.lora_b");
+  CHECK_THAT(up(3, 1), Catch::Matchers::WithinAbs(1.0, 1e-12));
+
+  io::gguf_lora_factor<double> bad = a;
+  bad.A = matrix<double>::Constant(3, 3, 0.5);  // B [4,2] does not chain with A [3,3]
+  CHECK_THROWS_WITH(io::lora_factors_to_gguf<double>({bad}),
+                    Catch::Contains("blk.0.ffn_up.weight") && Catch::Contains("[4,2]") && Catch::Contains("[3,3]"));
+  io::gguf_lora_factor<double> rope = a;
+  rope.name = "blk.0.attn_q.weight";
+  rope.rope_heads = 3;  // 4 rows cannot split into 3 heads
+  CHECK_THROWS_WITH(io::lora_factors_to_gguf<double>({rope}), Catch::Contains("blk.0.attn_q.weight"));
+  io::gguf_lora_options o;
+  o.alpha = 0.0;
+  CHECK_THROWS_WITH(io::lora_factors_to_gguf<double>({a}, o), Catch::Contains("alpha must be finite and non-zero"));
+  CHECK_THROWS_WITH(io::lora_factors_to_gguf<double>({}), Catch::Contains("no adapted modules"));
+}

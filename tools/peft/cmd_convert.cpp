@@ -81,12 +81,7 @@ void peft_to_gguf(const convert_args& a) {
                          ", ...) have no place in a llama.cpp LoRA adapter");
   const auto tree = peft_cli::build_adapted_model(dir, nullptr, false);
 
-  struct item {
-    std::string gguf, hf;
-    const peft::lora<double>* l;
-    double natural;  // s·r
-  };
-  std::vector<item> items;
+  std::vector<peft::io::gguf_lora_factor<double>> items;
   for (auto& [path, al] : peft::adapted_layers<double>(*tree)) {
     const auto* l = dynamic_cast<const peft::lora<double>*>(&al->get_adapter());
     if (!l) throw peft::io_error("module '" + path + "' is not a LoRA adapter");
@@ -100,36 +95,27 @@ void peft_to_gguf(const convert_args& a) {
       throw peft::io_error("'" + a.input + "': module '" + path +
                            "' has no llama GGUF LoRA name (layers.N.self_attn.{q,k,v,o}_proj, "
                            "layers.N.mlp.{gate,up,down}_proj or lm_head, optionally under 'model.')");
-    items.push_back({*g + ".weight", hf, l, l->scaling() * double(l->rank())});
+    peft::io::gguf_lora_factor<double> x;
+    x.name = *g + ".weight";
+    x.B = peft::as_matrix(l->lora_B.value());
+    x.A = peft::as_matrix(l->lora_A.value());
+    x.natural = l->scaling() * double(l->rank());
+    x.rope_heads = rope_heads_of(hf, a, a.input);
+    items.push_back(std::move(x));
   }
-  double alpha = a.alpha ? *a.alpha : items.front().natural;
-  if (!std::isfinite(alpha) || alpha == 0.0) {
-    if (a.alpha) throw peft::io_error("--alpha must be finite and non-zero (llama.cpp reads 0 as 'no scaling')");
-    alpha = 1.0;  // every module has scale 0: B becomes 0 whatever alpha is
-  }
-  const float alpha_f = float(alpha);  // what llama.cpp computes with
-
+  if (a.alpha && (!std::isfinite(*a.alpha) || *a.alpha == 0.0))
+    throw peft::io_error("--alpha must be finite and non-zero (llama.cpp reads 0 as 'no scaling')");
+  peft::io::gguf_lora_options o;
+  o.alpha = a.alpha;
+  o.name = a.name.empty() ? std::filesystem::path(a.input).filename().string() : a.name;
+  o.weight_type = ggml_of(a.type);
   peft::io::gguf_file f;
-  f.set("general.architecture", "llama");
-  f.set("general.type", "adapter");
-  f.set("general.name", a.name.empty() ? std::filesystem::path(a.input).filename().string() : a.name);
-  f.set("adapter.type", "lora");
-  f.set("adapter.lora.alpha", alpha_f);
-  const auto type = ggml_of(a.type);
-  for (auto& it : items) {
-    peft::tensor<double> B = it.l->lora_B.value();
-    const double fold = it.natural / double(alpha_f);
-    if (fold != 1.0) peft::as_matrix(B) *= fold;
-    if (const std::size_t h = rope_heads_of(it.hf, a, a.input)) {
-      try {
-        B = peft::io::permute_rope_rows(B, h, true);
-      } catch (const peft::error& e) {
-        throw peft::io_error("module '" + it.hf + "': " + e.what());
-      }
-    }
-    f.add_tensor(it.gguf + ".lora_a", it.l->lora_A.value(), type);
-    f.add_tensor(it.gguf + ".lora_b", B, type);
+  try {
+    f = peft::io::lora_factors_to_gguf(items, o);
+  } catch (const peft::shape_error& e) {
+    throw peft::io_error(e.what());
   }
+  const float alpha_f = f.get<float>("adapter.lora.alpha");
   f.save(a.output);
   std::cout << "wrote " << items.size() << " LoRA module(s) to '" << a.output << "' (adapter.lora.alpha " << alpha_f
             << ")\n";

@@ -449,24 +449,72 @@ std::shared_ptr<nn::llama<T>> load_gguf_llama(const std::string& path, std::size
 
 // Every adapted Linear of the model as llama.cpp LoRA tensors (see the header comment for the
 // scale folding). value_error if there is none, one is merged, or one has no B·A factors.
+// One low-rank module of a llama.cpp LoRA file, independent of any model object. The module's
+// update is ΔW = natural·B·A / r (r = rows of A); llama.cpp computes (alpha / r)·B'·A, so the
+// file holds B' = (natural / alpha)·B with q/k rows in GGUF's RoPE order.
+template <class T>
+struct gguf_lora_factor {
+  std::string name;            // the module's GGUF tensor name, e.g. "blk.0.attn_q.weight"
+  matrix<T> B, A;              // [out, r], [r, in]
+  double natural = 1;          // s·r for LoRA (B the raw lora_B); r for pre-scaled factors
+  std::size_t rope_heads = 0;  // q/k projections: heads whose rows GGUF permutes; 0 = none
+};
+
+// The llama.cpp LoRA file of `factors`: adapter.lora.alpha = opt.alpha or the first module's
+// natural scale; each module's own scale is folded into its B (llama.cpp applies alpha / r to
+// every module alike), and q/k rows are permuted into GGUF's RoPE order. value_error names the
+// module for a bad shape and the option for a bad alpha.
+template <class T>
+gguf_file lora_factors_to_gguf(const std::vector<gguf_lora_factor<T>>& factors, const gguf_lora_options& opt = {}) {
+  if (factors.empty()) throw value_error("gguf lora: no adapted modules");
+  double alpha = opt.alpha ? *opt.alpha : factors.front().natural;
+  if (!std::isfinite(alpha) || alpha == 0.0) {
+    if (opt.alpha) throw value_error("gguf lora: alpha must be finite and non-zero (llama.cpp reads 0 as 'no scaling')");
+    alpha = 1.0;  // every module has a zero scale: any alpha works, B becomes zero
+  }
+  const float alpha_f = float(alpha);  // what llama.cpp will compute with
+
+  gguf_file f;
+  f.set("general.architecture", "llama");
+  f.set("general.type", "adapter");
+  f.set("general.name", opt.name);
+  f.set("adapter.type", "lora");
+  f.set("adapter.lora.alpha", alpha_f);
+  for (const auto& x : factors) {
+    if (x.B.cols() != x.A.rows())
+      throw shape_error("gguf lora: module '" + x.name + "': B [" + std::to_string(x.B.rows()) + "," +
+                        std::to_string(x.B.cols()) + "] and A [" + std::to_string(x.A.rows()) + "," +
+                        std::to_string(x.A.cols()) + "] do not chain");
+    const double fold = x.natural / double(alpha_f);
+    tensor<T> B = to_tensor(x.B);
+    if (fold != 1.0) as_matrix(B) *= T(fold);
+    if (x.rope_heads) {
+      try {
+        B = permute_rope_rows(B, x.rope_heads, true);
+      } catch (const error& e) {
+        throw shape_error("gguf lora: module '" + x.name + "': " + e.what());
+      }
+    }
+    f.add_tensor(x.name + ".lora_a", to_tensor(x.A), opt.weight_type);
+    f.add_tensor(x.name + ".lora_b", B, opt.weight_type);
+  }
+  return f;
+}
+
 template <class T>
 gguf_file lora_to_gguf(nn::llama<T>& model, const gguf_lora_options& opt = {}) {
   const nn::llama_config& c = model.config();
   auto layers = adapted_layers(model);
   if (layers.empty()) throw value_error("gguf lora: the model has no adapted layers");
-  struct factored {
-    std::string path;
-    matrix<T> B, A;      // B·A = ΔW / natural_scale
-    double natural = 1;  // s·r for LoRA (B is the raw lora_B), r for pre-scaled factors
-  };
-  std::vector<factored> fs;
+  std::vector<gguf_lora_factor<T>> fs;
   for (auto& [path, al] : layers) {
     if (al->merged())
       throw value_error("gguf lora: '" + path + "' is merged into its base weight; unmerge it before exporting");
-    if (!gguf_llama_name(path))
-      throw value_error("gguf lora: adapted layer '" + path + "' has no llama GGUF name");
-    factored x;
-    x.path = path;
+    const auto g = gguf_llama_name(path);
+    if (!g) throw value_error("gguf lora: adapted layer '" + path + "' has no llama GGUF name");
+    gguf_lora_factor<T> x;
+    x.name = *g + ".weight";
+    x.rope_heads = detail::rope_heads(path, c);
     const adapter<T>& a = al->get_adapter();
     if (auto* l = dynamic_cast<const lora<T>*>(&a)) {
       x.B = as_matrix(l->lora_B.value());
@@ -480,29 +528,7 @@ gguf_file lora_to_gguf(nn::llama<T>& model, const gguf_lora_options& opt = {}) {
     }
     fs.push_back(std::move(x));
   }
-  double alpha = opt.alpha ? *opt.alpha : fs.front().natural;
-  if (!std::isfinite(alpha) || alpha == 0.0) {
-    if (opt.alpha) throw value_error("gguf lora: alpha must be finite and non-zero (llama.cpp reads 0 as 'no scaling')");
-    alpha = 1.0;  // every module has a zero scale: any alpha works, B becomes zero
-  }
-  const float alpha_f = float(alpha);  // what llama.cpp will compute with
-
-  gguf_file f;
-  f.set("general.architecture", "llama");
-  f.set("general.type", "adapter");
-  f.set("general.name", opt.name);
-  f.set("adapter.type", "lora");
-  f.set("adapter.lora.alpha", alpha_f);
-  for (auto& x : fs) {
-    const std::string g = *gguf_llama_name(x.path);
-    const double fold = x.natural / double(alpha_f);
-    tensor<T> B = to_tensor(x.B);
-    if (fold != 1.0) as_matrix(B) *= T(fold);
-    if (const std::size_t heads = detail::rope_heads(x.path, c)) B = permute_rope_rows(B, heads, true);
-    f.add_tensor(g + ".weight.lora_a", to_tensor(x.A), opt.weight_type);
-    f.add_tensor(g + ".weight.lora_b", B, opt.weight_type);
-  }
-  return f;
+  return lora_factors_to_gguf(fs, opt);
 }
 
 template <class T>
