@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One command for the performance comparison of issue 7:
-#   bench/peers/run_peers.sh                 # full run (~15-25 min on 2 quiet cores)
+#   bench/peers/run_peers.sh                 # full run (~7 min on 2 quiet cores with JOBS=2)
 #   bench/peers/run_peers.sh --quick         # tiny sizes, 1 thread: checks the pipeline (~1 min
 #                                            # after the builds)
 # It
