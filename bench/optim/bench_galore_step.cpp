@@ -45,9 +45,7 @@ using peft::matrix;
 
 matrix<T> gaussian(Eigen::Index r, Eigen::Index c, std::uint64_t seed) {
   peft::rng g(seed);
-  matrix<T> m(r, c);
-  for (Eigen::Index k = 0; k < m.size(); ++k) m.data()[k] = T(g.normal());
-  return m;
+  return peft::as_matrix(peft::randn<T>({std::size_t(r), std::size_t(c)}, g));
 }
 
 // σ_i = (i+1)^−a, i = 0..n−1.

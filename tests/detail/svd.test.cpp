@@ -71,9 +71,7 @@ namespace {
 template <class T>
 matrix<T> gaussian(Eigen::Index m, Eigen::Index n, std::uint64_t seed) {
   rng g(seed);
-  matrix<T> a(m, n);
-  for (Eigen::Index i = 0; i < a.size(); ++i) a.data()[i] = T(g.normal());
-  return a;
+  return as_matrix(randn<T>({std::size_t(m), std::size_t(n)}, g));
 }
 // [m, n] with the given singular values (random orthonormal factors, Householder-made).
 template <class T>

@@ -196,6 +196,22 @@ void fill_gaussian_sketch(Matrix& omega, rng& g) {
   Eigen::Map<array>(omega.data() + h, n - h) = (rho * theta.sin()).head(n - h);
 }
 
+// SVD of a wide projection B = Qᵀ·A [k, n] given its tall transpose Bt = Aᵀ·Q [n, k] (overwritten):
+// Bt = Qb·Rb by CholeskyQR2 and Rb = Ur·Σ·Vrᵀ [k, k], so B = Vr·Σ·(Qb·Ur)ᵀ. Returns S = Σ, U = Vr
+// [k, k] (the caller lifts it: Q·Vr) and V = Qb·Ur [n, r], each factor only when wanted. Eigen's
+// BDCSVD of B itself would bidiagonalise the whole k x n matrix, several times the cost.
+template <class T>
+svd_result<T> svd_of_projection(col_matrix<T>& Bt, Eigen::Index r, bool want_u, bool want_v) {
+  matrix<T> Rb;
+  orthonormalize_in_place<T>(Bt, &Rb);
+  auto s = thin_svd<T>(Rb, want_v, want_u);  // Rb = Ur·Σ·Vrᵀ
+  svd_result<T> out;
+  out.S = std::move(s.S);
+  if (want_u) out.U = std::move(s.V);
+  if (want_v) out.V.noalias() = Bt * s.U.leftCols(r);
+  return out;
+}
+
 // How randomized_svd turns the range-finder basis into singular triplets.
 enum class rsvd_tail {
   // SVD of the projection Qᵀ·A [k, n] (Halko et al.'s Algorithm 5.1, torch.svd_lowrank): one more
@@ -303,11 +319,10 @@ svd_result<T> randomized_svd(matrix_cref<T> G, std::size_t r, std::size_t niter,
     if (want_va) Va.noalias() = Z * s.V.leftCols(rr);
   } else {
     Z = times_at(Q);  // Bᵀ
-    orthonormalize_in_place<T>(Z, &R);
-    const auto s = thin_svd<T>(R, want_va, want_ua);  // R = Ur·Σ·Vrᵀ
+    auto s = svd_of_projection<T>(Z, rr, want_ua, want_va);
     S = s.S.head(rr);
-    if (want_ua) Ua.noalias() = Q * s.V.leftCols(rr);
-    if (want_va) Va.noalias() = Z * s.U.leftCols(rr);
+    if (want_ua) Ua.noalias() = Q * s.U.leftCols(rr);
+    if (want_va) Va = std::move(s.V);
   }
   if (tr) return {std::move(Va), std::move(S), std::move(Ua)};
   return {std::move(Ua), std::move(S), std::move(Va)};

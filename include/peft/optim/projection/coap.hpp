@@ -93,9 +93,8 @@ namespace peft::detail {
 // The r right singular vectors [d, r] of Qᵀ·A where Q = orth(A·Ω), A = G (right) or Gᵀ (left),
 // Ω [d, r]: the reference's compute_orthogonal (one pass of a randomized range finder). Both
 // factorisations are of tall-thin matrices: Q by CholeskyQR2 (detail::orthonormalize_in_place,
-// Householder when A·Ω is rank deficient), and the SVD of the wide B = Qᵀ·A [r, d] through a
-// QR of Bᵀ = Aᵀ·Q = Qb·Rb: with Rb = Ur·Σ·Vrᵀ [r, r], B = Vr·Σ·(Qb·Ur)ᵀ, so the right singular
-// vectors are Qb·Ur (a bidiagonalisation of the whole r x d matrix costs several times more).
+// Householder when A·Ω is rank deficient), and the SVD of the wide B = Qᵀ·A [r, d] through the
+// QR of its transpose (detail::svd_of_projection).
 template <class T>
 matrix<T> coap_range_finder(matrix_cref<T> G, matrix_cref<T> Omega, bool left) {
   col_matrix<T> Y;
@@ -109,10 +108,7 @@ matrix<T> coap_range_finder(matrix_cref<T> G, matrix_cref<T> Omega, bool left) {
     Bt.noalias() = G * Y;  // (Qᵀ·Gᵀ)ᵀ [m, r]
   else
     Bt.noalias() = G.transpose() * Y;  // (Qᵀ·G)ᵀ [n, r]
-  matrix<T> Rb;
-  orthonormalize_in_place<T>(Bt, &Rb);
-  const auto svd = thin_svd<T>(Rb, true, false);
-  return Bt * svd.U.leftCols(Omega.cols());
+  return svd_of_projection<T>(Bt, Omega.cols(), false, true).V;
 }
 
 // The correlation-aware objective of COAP at P [d, r] (see coap.hpp's header comment):
