@@ -17,6 +17,7 @@
 #include "peft/serve/mixed_batch.hpp"
 #include "peft/serve/mixed_linear.hpp"
 #include "peft/serve/served_adapter.hpp"
+#include "../support/tiny_llama.hpp"
 
 using namespace peft;
 using Catch::Matchers::Contains;
@@ -247,17 +248,7 @@ TEST_CASE("layer_adapter: DoRA row scale is precomputed, delta_weight matches th
 // ---- whole model ----
 
 namespace {
-nn::llama_config tiny_llama() {
-  nn::llama_config c;
-  c.vocab = 40;
-  c.dim = 16;
-  c.n_layers = 2;
-  c.n_heads = 4;
-  c.n_kv_heads = 2;
-  c.hidden_dim = 24;
-  c.max_seq = 16;
-  return c;
-}
+nn::llama_config tiny_llama() { return test::tiny_llama_config(40); }
 std::shared_ptr<nn::llama<double>> make_llama() {
   rng g(5);
   return std::make_shared<nn::llama<double>>(tiny_llama(), g);

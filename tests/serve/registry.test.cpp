@@ -23,6 +23,7 @@
 #include "peft/serve/registry.hpp"
 #include "../support/temp_dir.hpp"
 #include "../support/toy_model.hpp"
+#include "../support/tiny_llama.hpp"
 
 using namespace peft;
 using Catch::Matchers::Contains;
@@ -218,14 +219,7 @@ TEST_CASE("registry: PEFT directories (LoRA, rsLoRA, patterns, DoRA, VeRA) load 
 
 TEST_CASE("registry: a llama.cpp LoRA GGUF loads with the q/k rows put back", "[serve][registry][gguf]") {
   temp_dir tmp;
-  nn::llama_config c;
-  c.vocab = 32;
-  c.dim = 16;
-  c.n_layers = 2;
-  c.n_heads = 4;
-  c.n_kv_heads = 2;
-  c.hidden_dim = 24;
-  c.max_seq = 16;
+  const nn::llama_config c = test::tiny_llama_config(32);
   auto make = [&] {
     rng g(3);
     return std::make_shared<nn::llama<double>>(c, g);
