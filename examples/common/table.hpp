@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "peft/detail/format.hpp"
+
 namespace examples {
 
 class table {
@@ -142,10 +144,6 @@ std::string fmt(const char* f, Args... args) {
 }
 
 // 1234567 -> "1,234,567"
-inline std::string group_digits(std::size_t n) {
-  std::string s = std::to_string(n);
-  for (int i = int(s.size()) - 3; i > 0; i -= 3) s.insert(std::size_t(i), ",");
-  return s;
-}
+inline std::string group_digits(std::size_t n) { return peft::detail::group_digits(n); }
 
 }  // namespace examples

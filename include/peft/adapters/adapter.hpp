@@ -13,6 +13,7 @@
 
 #include "peft/core/error.hpp"
 #include "peft/core/tensor.hpp"
+#include "peft/detail/gemm.hpp"
 #include "peft/nn/module.hpp"
 
 namespace peft {
@@ -75,8 +76,9 @@ class adapter : public nn::module<T> {
   // (overwritten). Saves what backward needs in ctx.
   virtual void forward(matrix_cref<T> x, matrix_cref<T> W, const T* bias,
                        matrix_ref<T> y, adapter_ctx<T>& ctx, bool training) {
+    using detail::trans;
     detail::check_layer_shapes<T>("adapter::forward", x, W, in_, out_);
-    y.noalias() = x * W.transpose();
+    detail::gemm<T>(trans::n, trans::t, T(1), x, W, T(0), y, "adapter::forward");
     if (bias) y.rowwise() += const_vector_map<T>(bias, Eigen::Index(out_)).transpose();
     ctx.training = training;
     ctx.delta_applied = enabled_;
@@ -88,8 +90,9 @@ class adapter : public nn::module<T> {
   // caller's: db = column sums of dy for every adapter.)
   virtual void backward(matrix_cref<T> dy, matrix_cref<T> x, matrix_cref<T> W,
                         const adapter_ctx<T>& ctx, matrix_ref<T>* dx, matrix_ref<T>* dW) {
-    if (dx) dx->noalias() += dy * W;
-    if (dW) dW->noalias() += dy.transpose() * x;
+    using detail::trans;
+    if (dx) detail::gemm<T>(trans::n, trans::n, T(1), dy, W, T(1), *dx, "adapter::backward");
+    if (dW) detail::gemm<T>(trans::t, trans::n, T(1), dy, x, T(1), *dW, "adapter::backward");
     if (ctx.delta_applied) backward_delta(dy, x, ctx, dx);
   }
 

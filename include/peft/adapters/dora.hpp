@@ -31,6 +31,7 @@
 
 #include "peft/adapters/adapter.hpp"
 #include "peft/adapters/lora.hpp"
+#include "peft/detail/gemm.hpp"
 
 namespace peft {
 
@@ -48,9 +49,9 @@ namespace detail {
 // Row norms of W + Bf·Af from the factors (see the header comment), clamped below at eps.
 template <class T>
 vector<T> dora_row_norms(matrix_cref<T> W, matrix_cref<T> Bf, matrix_cref<T> Af, T eps) {
-  matrix<T> t = T(2) * (W * Af.transpose());  // [out, r]
-  const matrix<T> G = Af * Af.transpose();    // [r, r]
-  t.noalias() += Bf * G;
+  matrix<T> t = gemm_new<T>(trans::n, trans::t, W, Af, T(2), "dora.row_norms");  // [out, r]
+  const matrix<T> G = gemm_new<T>(trans::n, trans::t, Af, Af, T(1), "dora.row_norms");  // [r, r]
+  gemm<T>(trans::n, trans::n, T(1), Bf, G, T(1), t, "dora.row_norms");
   vector<T> n = W.rowwise().squaredNorm() + t.cwiseProduct(Bf).rowwise().sum();
   // max(0, ·): the expansion can round below zero when W_i + ΔW_i ≈ 0.
   for (Eigen::Index i = 0; i < n.size(); ++i) n[i] = std::max(std::sqrt(std::max(n[i], T(0))), eps);
@@ -119,7 +120,7 @@ class dora : public adapter<T> {
     ctx.v.clear();
     ctx.training = training;
     ctx.delta_applied = this->enabled();
-    y.noalias() = x * W.transpose();
+    detail::gemm<T>(detail::trans::n, detail::trans::t, T(1), x, W, T(0), y, "dora.forward");
     const auto b = [&] {
       if (bias) y.rowwise() += const_vector_map<T>(bias, W.rows()).transpose();
     };
@@ -170,9 +171,10 @@ class dora : public adapter<T> {
     if (gm || norm_grad) g = (dy.array() * z.array()).colwise().sum().transpose();
     if (gm) as_vector(*gm) += g.cwiseQuotient(n);
 
+    using detail::trans;
     const matrix<T> dz = dy * scale.asDiagonal();
-    if (dx) dx->noalias() += dz * W;
-    if (dW) dW->noalias() += dz.transpose() * x;
+    if (dx) detail::gemm<T>(trans::n, trans::n, T(1), dz, W, T(1), *dx, "dora.backward");
+    if (dW) detail::gemm<T>(trans::t, trans::n, T(1), dz, x, T(1), *dW, "dora.backward");
     inner_->backward_delta(dz, x, ctx, dx);
     if (!norm_grad) return;
 
@@ -185,7 +187,8 @@ class dora : public adapter<T> {
       c[i] = n[i] > eps_ ? -m[i] * g[i] / (n[i] * n[i] * n[i]) : T(0);
     if (dW) {
       dW->noalias() += c.asDiagonal() * W;
-      dW->noalias() += (c.asDiagonal() * Bf) * Af;
+      const matrix<T> cBf = c.asDiagonal() * Bf;  // [out, r]
+      detail::gemm<T>(trans::n, trans::n, T(1), cBf, Af, T(1), *dW, "dora.backward");
     }
     if (inner_trainable) push_factor_grad(c, W, Bf, Af);
   }
@@ -207,7 +210,7 @@ class dora : public adapter<T> {
     const vector<T> n = detail::dora_row_norms<T>(W, Bf, Af, eps());
     const vector<T> scale = as_vector(lora_magnitude_vector.value()).cwiseQuotient(n);
     matrix<T> V = W;
-    V.noalias() += Bf * Af;
+    detail::gemm<T>(detail::trans::n, detail::trans::n, T(1), Bf, Af, T(1), V, "dora.delta_weight");
     return scale.asDiagonal() * V - W;
   }
   bool delta_depends_on_weight() const override { return true; }
@@ -256,17 +259,22 @@ class dora : public adapter<T> {
     const Eigen::Index ka = std::min(r, in), kb = std::min(r, out);
     const matrix<T> QA = peft::detail::thin_qr<T>(Af.transpose(), false).Q;  // [in, ka]
     const matrix<T> QB = peft::detail::thin_qr<T>(Bf, false).Q;              // [out, kb]
-    matrix<T> U = W * QA;                               // G·Q_A = diag(c)·(W·Q_A + Bf·(Af·Q_A))
-    U.noalias() += Bf * (Af * QA);
+    using detail::trans;
+    // G·Q_A = diag(c)·(W·Q_A + Bf·(Af·Q_A))
+    matrix<T> U = detail::gemm_new<T>(trans::n, trans::n, W, QA);
+    const matrix<T> AfQA = detail::gemm_new<T>(trans::n, trans::n, Af, QA);  // [r, ka]
+    detail::gemm<T>(trans::n, trans::n, T(1), Bf, AfQA, T(1), U);
     U = c.asDiagonal() * U;                             // [out, ka]
     const matrix<T> CB = c.asDiagonal() * QB;           // Q_Bᵀ·G = CBᵀ·W + (CBᵀ·Bf)·Af
     matrix<T> xs(ka + kb, in), dys(ka + kb, out);
     xs.topRows(ka) = QA.transpose();
     dys.topRows(ka) = U.transpose();
     auto x2 = xs.bottomRows(kb);
-    x2.noalias() = CB.transpose() * W;
-    x2.noalias() += (CB.transpose() * Bf) * Af;
-    x2.noalias() -= (QB.transpose() * U) * QA.transpose();
+    detail::gemm<T>(trans::t, trans::n, T(1), CB, W, T(0), x2);
+    const matrix<T> CBtBf = detail::gemm_new<T>(trans::t, trans::n, CB, Bf);  // [kb, r]
+    detail::gemm<T>(trans::n, trans::n, T(1), CBtBf, Af, T(1), x2);
+    const matrix<T> QBtU = detail::gemm_new<T>(trans::t, trans::n, QB, U);    // [kb, ka]
+    detail::gemm<T>(trans::n, trans::t, T(-1), QBtU, QA, T(1), x2);
     dys.bottomRows(kb) = QB.transpose();
     // Eval-mode forward on the synthetic rows only to fill the inner's ctx (no dropout, no rng).
     adapter_ctx<T> sctx;

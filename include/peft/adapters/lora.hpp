@@ -9,6 +9,7 @@
 
 #include "peft/adapters/adapter.hpp"
 #include "peft/core/random.hpp"
+#include "peft/detail/gemm.hpp"
 #include "peft/init/gaussian.hpp"
 #include "peft/init/policy.hpp"
 
@@ -72,6 +73,7 @@ class lora : public adapter<T> {
   // [N, in] (only when dropout is active).
   void forward_delta(matrix_cref<T> x, matrix_ref<T> y, adapter_ctx<T>& ctx,
                      bool training) override {
+    using detail::trans;
     const auto A = as_matrix(lora_A.value());
     const auto B = as_matrix(lora_B.value());
     const T s = T(scaling());
@@ -83,42 +85,50 @@ class lora : public adapter<T> {
       T* mp = mask.data();
       for (Eigen::Index i = 0; i < mask.size(); ++i)
         mp[i] = drop_rng_.uniform() < cfg_.dropout ? T(0) : keep;
-      ctx.m[0].noalias() = (x.array() * mask.array()).matrix() * A.transpose();
+      const matrix<T> xd = (x.array() * mask.array()).matrix();
+      detail::gemm_into<T>(ctx.m[0], trans::n, trans::t, xd, A, T(1), "lora.forward");
     } else {
       ctx.m[1].resize(0, 0);
-      ctx.m[0].noalias() = x * A.transpose();
+      detail::gemm_into<T>(ctx.m[0], trans::n, trans::t, x, A, T(1), "lora.forward");
     }
-    y.noalias() += (s * ctx.m[0]) * B.transpose();
+    detail::gemm<T>(trans::n, trans::t, s, ctx.m[0], B, T(1), y, "lora.forward");
   }
 
   // dB = s·dyᵀ·(xA)   dA = s·(dy·B)ᵀ·x_d   dx += s·(dy·B)·A ⊙ mask
   void backward_delta(matrix_cref<T> dy, matrix_cref<T> x, const adapter_ctx<T>& ctx,
                       matrix_ref<T>* dx) override {
+    using detail::trans;
     const auto A = as_matrix(lora_A.value());
     const auto B = as_matrix(lora_B.value());
     const T s = T(scaling());
     const matrix<T>& xa = ctx.m[0];
     const matrix<T>& mask = ctx.m[1];
-    if (auto* gB = detail::grad_target(lora_B)) as_matrix(*gB).noalias() += s * (dy.transpose() * xa);
+    if (auto* gB = detail::grad_target(lora_B))
+      detail::gemm<T>(trans::t, trans::n, s, dy, xa, T(1), as_matrix(*gB), "lora.backward");
     auto* gA = detail::grad_target(lora_A);
     if (!gA && !dx) return;
-    const matrix<T> t = s * (dy * B);  // [N, r]
+    const matrix<T> t = detail::gemm_new<T>(trans::n, trans::n, dy, B, s, "lora.backward");  // [N, r]
     if (gA) {
-      if (mask.size())
-        as_matrix(*gA).noalias() += t.transpose() * (x.array() * mask.array()).matrix();
-      else
-        as_matrix(*gA).noalias() += t.transpose() * x;
+      if (mask.size()) {
+        const matrix<T> xd = (x.array() * mask.array()).matrix();
+        detail::gemm<T>(trans::t, trans::n, T(1), t, xd, T(1), as_matrix(*gA), "lora.backward");
+      } else {
+        detail::gemm<T>(trans::t, trans::n, T(1), t, x, T(1), as_matrix(*gA), "lora.backward");
+      }
     }
     if (dx) {
-      if (mask.size())
-        dx->array() += (t * A).array() * mask.array();
-      else
-        dx->noalias() += t * A;
+      if (mask.size()) {
+        const matrix<T> tA = detail::gemm_new<T>(trans::n, trans::n, t, A, T(1), "lora.backward");
+        dx->array() += tA.array() * mask.array();
+      } else {
+        detail::gemm<T>(trans::n, trans::n, T(1), t, A, T(1), *dx, "lora.backward");
+      }
     }
   }
 
   matrix<T> delta_weight(matrix_cref<T>) const override {
-    return T(scaling()) * (as_matrix(lora_B.value()) * as_matrix(lora_A.value()));
+    return detail::gemm_new<T>(detail::trans::n, detail::trans::n, as_matrix(lora_B.value()),
+                               as_matrix(lora_A.value()), T(scaling()), "lora.delta_weight");
   }
 
   bool factors(matrix<T>& Bf, matrix<T>& Af) const override {

@@ -29,6 +29,7 @@
 
 #include "peft/adapters/adapter.hpp"
 #include "peft/core/random.hpp"
+#include "peft/detail/gemm.hpp"
 
 namespace peft {
 
@@ -282,6 +283,7 @@ class randlora : public adapter<T> {
   // ctx.m[1] = dropout mask / (1-p) [N, in] or empty.
   void forward_delta(matrix_cref<T> x, matrix_ref<T> y, adapter_ctx<T>& ctx,
                      bool training) override {
+    using detail::trans;
     const T s = T(scaling());
     const auto lam = lambda_row();
     ctx.m.resize(2);
@@ -302,10 +304,12 @@ class randlora : public adapter<T> {
     if (scales_input()) {
       // y += s·(P ⊙ λ)·Bᵀ
       ctx.m[0] = project(v);
-      y.noalias() += (s * (ctx.m[0] * lam.asDiagonal())) * B_block().transpose();
+      const matrix<T> pl = ctx.m[0] * lam.asDiagonal();
+      detail::gemm<T>(trans::n, trans::t, s, pl, B_block(), T(1), y, "randlora.forward");
     } else {
       // y += s·expand(Z ⊙ λ),  Z = x_d·B
-      ctx.m[0].noalias() = v * B_block();
+      detail::gemm_into<T>(ctx.m[0], trans::n, trans::n, v, B_block(), T(1),
+                           "randlora.forward");
       const matrix<T> zl = s * (ctx.m[0] * lam.asDiagonal());
       expand_add(zl, y);
     }
@@ -317,6 +321,7 @@ class randlora : public adapter<T> {
   //   dγ = s·Σ_k ((Z⊙λ)_kᵀ·dy) ⊙ A_k, dx += (s·Q ⊙ λ)·Bᵀ ⊙ mask.
   void backward_delta(matrix_cref<T> dy, matrix_cref<T> x, const adapter_ctx<T>& ctx,
                       matrix_ref<T>* dx) override {
+    using detail::trans;
     const T s = T(scaling());
     const auto lam = lambda_row();
     const matrix<T>& saved = ctx.m[0];
@@ -325,7 +330,8 @@ class randlora : public adapter<T> {
     auto* gg = detail::grad_target(randlora_gamma);
     if (!gl && !gg && !dx) return;
     if (scales_input()) {
-      const matrix<T> dU = s * (dy * B_block());
+      const matrix<T> dU =
+          detail::gemm_new<T>(trans::n, trans::n, dy, B_block(), s, "randlora.backward");
       if (gl) as_vector(*gl) += (dU.array() * saved.array()).colwise().sum().transpose().matrix();
       if (!gg && !dx) return;
       const matrix<T> G = dU * lam.asDiagonal();
@@ -356,16 +362,19 @@ class randlora : public adapter<T> {
         as_vector(*gl) += (s * (Q.array() * saved.array()).colwise().sum()).transpose().matrix();
       if (dx) {
         const matrix<T> dz = s * (Q * lam.asDiagonal());
-        if (mask.size())
-          dx->array() += (dz * B_block().transpose()).array() * mask.array();
-        else
-          dx->noalias() += dz * B_block().transpose();
+        if (mask.size()) {
+          const matrix<T> dzB = detail::gemm_new<T>(trans::n, trans::t, dz, B_block());
+          dx->array() += dzB.array() * mask.array();
+        } else {
+          detail::gemm<T>(trans::n, trans::t, T(1), dz, B_block(), T(1), *dx, "randlora.backward");
+        }
       }
     }
   }
 
   matrix<T> delta_weight(matrix_cref<T>) const override {
-    const matrix<T> M = T(scaling()) * (B_block() * scaled_A());  // [max_d, min_d]
+    const matrix<T> M = detail::gemm_new<T>(detail::trans::n, detail::trans::n, B_block(), scaled_A(),
+                                            T(scaling()));  // [max_d, min_d]
     if (scales_input()) return M;
     return M.transpose();
   }
@@ -403,7 +412,8 @@ class randlora : public adapter<T> {
     matrix<T> gk;
     for (std::size_t k = 0; k < cfg_.r; ++k) {
       gamma_times_row(k, gk);
-      P.middleCols(Eigen::Index(k) * n, n).noalias() = v * gk.transpose();
+      detail::gemm<T>(detail::trans::n, detail::trans::t, T(1), v, gk, T(0),
+                      P.middleCols(Eigen::Index(k) * n, n));
     }
     return P;
   }
@@ -413,7 +423,8 @@ class randlora : public adapter<T> {
     matrix<T> gk;
     for (std::size_t k = 0; k < cfg_.r; ++k) {
       gamma_times_row(k, gk);
-      R.noalias() += G.middleCols(Eigen::Index(k) * n, n) * gk;
+      detail::gemm<T>(detail::trans::n, detail::trans::n, T(1), G.middleCols(Eigen::Index(k) * n, n),
+                      gk, T(1), R);
     }
   }
   // dΓ[j, i] += Σ_k A[k, i]·(G_kᵀ·v)[j, i]   (G [N, r·n], v [N, min_dim])
@@ -421,7 +432,8 @@ class randlora : public adapter<T> {
     const Eigen::Index n = Eigen::Index(n_);
     const auto A = A_block();
     for (std::size_t k = 0; k < cfg_.r; ++k) {
-      const matrix<T> t = G.middleCols(Eigen::Index(k) * n, n).transpose() * v;  // [n, min_dim]
+      const matrix<T> t = detail::gemm_new<T>(detail::trans::t, detail::trans::n,
+                                              G.middleCols(Eigen::Index(k) * n, n), v);  // [n, min_dim]
       dG.array() += t.array().rowwise() * A.row(Eigen::Index(k)).array();
     }
   }

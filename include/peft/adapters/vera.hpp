@@ -17,6 +17,7 @@
 
 #include "peft/adapters/adapter.hpp"
 #include "peft/core/random.hpp"
+#include "peft/detail/gemm.hpp"
 
 namespace peft {
 
@@ -206,6 +207,7 @@ class vera : public adapter<T> {
   // (only when dropout is active).
   void forward_delta(matrix_cref<T> x, matrix_ref<T> y, adapter_ctx<T>& ctx,
                      bool training) override {
+    using detail::trans;
     const auto A = A_block();
     const auto B = B_block();
     const auto ld = as_vector(vera_lambda_d.value());
@@ -218,15 +220,16 @@ class vera : public adapter<T> {
       T* mp = mask.data();
       for (Eigen::Index i = 0; i < mask.size(); ++i)
         mp[i] = drop_rng_.uniform() < cfg_.dropout ? T(0) : keep;
-      ctx.m[0].noalias() = (x.array() * mask.array()).matrix() * A.transpose();
+      const matrix<T> xd = (x.array() * mask.array()).matrix();
+      detail::gemm_into<T>(ctx.m[0], trans::n, trans::t, xd, A, T(1), "vera.forward");
     } else {
       ctx.m[1].resize(0, 0);
-      ctx.m[0].noalias() = x * A.transpose();
+      detail::gemm_into<T>(ctx.m[0], trans::n, trans::t, x, A, T(1), "vera.forward");
     }
     // ((xa ⊙ λ_d)·Bᵀ) ⊙ λ_b = (xa·diag(λ_d))·(diag(λ_b)·B)ᵀ; diag(λ_b)·B is only [out, r].
     const matrix<T> Bs = lb.asDiagonal() * B;
     const matrix<T> u = ctx.m[0] * ld.asDiagonal();
-    y.noalias() += u * Bs.transpose();
+    detail::gemm<T>(trans::n, trans::t, T(1), u, Bs, T(1), y, "vera.forward");
   }
 
   // With u = xa·diag(λ_d):  dλ_b[i] = Σ_k B[i,k]·(dyᵀ·u)[i,k]   (no [N, out] temporary)
@@ -234,6 +237,7 @@ class vera : public adapter<T> {
   void backward_delta(matrix_cref<T> dy, matrix_cref<T> x, const adapter_ctx<T>& ctx,
                       matrix_ref<T>* dx) override {
     (void)x;
+    using detail::trans;
     const auto A = A_block();
     const auto B = B_block();
     const auto ld = as_vector(vera_lambda_d.value());
@@ -244,26 +248,30 @@ class vera : public adapter<T> {
     auto* gd = detail::grad_target(vera_lambda_d);
     if (gb) {
       const matrix<T> u = xa * ld.asDiagonal();
-      const matrix<T> M = dy.transpose() * u;  // [out, r]
+      const matrix<T> M =
+          detail::gemm_new<T>(trans::t, trans::n, dy, u, T(1), "vera.backward");  // [out, r]
       as_vector(*gb) += (M.array() * B.array()).rowwise().sum().matrix();
     }
     if (!gd && !dx) return;
     const matrix<T> Bs = lb.asDiagonal() * B;
-    const matrix<T> gu = dy * Bs;  // [N, r]
+    const matrix<T> gu =
+        detail::gemm_new<T>(trans::n, trans::n, dy, Bs, T(1), "vera.backward");  // [N, r]
     if (gd) as_vector(*gd) += (gu.array() * xa.array()).colwise().sum().transpose().matrix();
     if (dx) {
       const matrix<T> ga = gu * ld.asDiagonal();
-      if (mask.size())
-        dx->array() += (ga * A).array() * mask.array();
-      else
-        dx->noalias() += ga * A;
+      if (mask.size()) {
+        const matrix<T> gaA = detail::gemm_new<T>(trans::n, trans::n, ga, A, T(1), "vera.backward");
+        dx->array() += gaA.array() * mask.array();
+      } else {
+        detail::gemm<T>(trans::n, trans::n, T(1), ga, A, T(1), *dx, "vera.backward");
+      }
     }
   }
 
   matrix<T> delta_weight(matrix_cref<T>) const override {
     matrix<T> Bf, Af;
     factors(Bf, Af);
-    return Bf * Af;
+    return detail::gemm_new<T>(detail::trans::n, detail::trans::n, Bf, Af);
   }
 
   // Δ = (diag(λ_b)·B)·(diag(λ_d)·A).

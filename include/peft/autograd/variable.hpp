@@ -85,8 +85,8 @@ void accumulate(node<T>& n, tensor<T>&& g) {
   }
 }
 
-// The gradient buffer of n, zero-initialised on first use, for in-place accumulation with Eigen
-// (e.g. as_matrix(grad_buffer(p)).noalias() += dY.transpose() * X).
+// The gradient buffer of n, zero-initialised on first use, for in-place accumulation (e.g.
+// dW += dYᵀ·X: detail::gemm<T>(trans::t, trans::n, T(1), dY, X, T(1), as_matrix(grad_buffer(p)))).
 template <class T>
 tensor<T>& grad_buffer(node<T>& n) {
   if (!n.has_grad) {

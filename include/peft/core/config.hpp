@@ -1,4 +1,5 @@
 #pragma once
+#define PEFT_CONFIG_HPP_INCLUDED 1
 // How peft is consumed, decided by macros (CMake sets them; see README "Three ways to use it"):
 //   header-only (default):  every function is defined in the headers, as inline or as a template;
 //   PEFT_COMPILED_LIB:      (usage requirement of peft::compiled) the heavy templates are declared

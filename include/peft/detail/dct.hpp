@@ -21,6 +21,7 @@
 
 #include "peft/core/error.hpp"
 #include "peft/core/tensor.hpp"
+#include "peft/detail/gemm.hpp"
 
 namespace peft::detail {
 
@@ -103,34 +104,42 @@ void dct_cache_clear() {
 // DCT-II of each column of X [n, m]: D·X.
 template <class T>
 matrix<T> dct_colwise(matrix_cref<T> X) {
-  return *dct_matrix_cached<T>(std::size_t(X.rows())) * X;
+  const auto D = dct_matrix_cached<T>(std::size_t(X.rows()));
+  return gemm_new<T>(trans::n, trans::n, *D, X, T(1), "dct_colwise");
 }
 // Inverse (DCT-III) of each column of X [n, m]: Dᵀ·X.
 template <class T>
 matrix<T> idct_colwise(matrix_cref<T> X) {
-  return dct_matrix_cached<T>(std::size_t(X.rows()))->transpose() * X;
+  const auto D = dct_matrix_cached<T>(std::size_t(X.rows()));
+  return gemm_new<T>(trans::t, trans::n, *D, X, T(1), "idct_colwise");
 }
 // DCT-II of each row of X [m, n]: X·Dᵀ.
 template <class T>
 matrix<T> dct_rowwise(matrix_cref<T> X) {
-  return X * dct_matrix_cached<T>(std::size_t(X.cols()))->transpose();
+  const auto D = dct_matrix_cached<T>(std::size_t(X.cols()));
+  return gemm_new<T>(trans::n, trans::t, X, *D, T(1), "dct_rowwise");
 }
 // Inverse of each row of X [m, n]: X·D.
 template <class T>
 matrix<T> idct_rowwise(matrix_cref<T> X) {
-  return X * *dct_matrix_cached<T>(std::size_t(X.cols()));
+  const auto D = dct_matrix_cached<T>(std::size_t(X.cols()));
+  return gemm_new<T>(trans::n, trans::n, X, *D, T(1), "idct_rowwise");
 }
 // 2-D DCT-II of X [m, n]: D_m·X·D_nᵀ.
 template <class T>
 matrix<T> dct_2d(matrix_cref<T> X) {
-  return *dct_matrix_cached<T>(std::size_t(X.rows())) * X *
-         dct_matrix_cached<T>(std::size_t(X.cols()))->transpose();
+  const auto Dm = dct_matrix_cached<T>(std::size_t(X.rows()));
+  const auto Dn = dct_matrix_cached<T>(std::size_t(X.cols()));
+  const matrix<T> DX = gemm_new<T>(trans::n, trans::n, *Dm, X, T(1), "dct_2d");  // D_m·X
+  return gemm_new<T>(trans::n, trans::t, DX, *Dn, T(1), "dct_2d");
 }
 // 2-D inverse: S [m, n] ↦ D_mᵀ·S·D_n.
 template <class T>
 matrix<T> idct_2d(matrix_cref<T> S) {
-  return dct_matrix_cached<T>(std::size_t(S.rows()))->transpose() * S *
-         *dct_matrix_cached<T>(std::size_t(S.cols()));
+  const auto Dm = dct_matrix_cached<T>(std::size_t(S.rows()));
+  const auto Dn = dct_matrix_cached<T>(std::size_t(S.cols()));
+  const matrix<T> DS = gemm_new<T>(trans::t, trans::n, *Dm, S, T(1), "idct_2d");  // D_mᵀ·S
+  return gemm_new<T>(trans::n, trans::n, DS, *Dn, T(1), "idct_2d");
 }
 
 }  // namespace peft::detail

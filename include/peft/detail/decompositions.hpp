@@ -1,19 +1,13 @@
 #pragma once
 // The only place the library instantiates Eigen's dense decompositions (thin SVD, thin QR,
 // symmetric eigen-decomposition, Cholesky). They are by far the most expensive templates to compile
-// (tens of seconds each per scalar type), so every caller goes through these few functions, and a
-// program made of many translation units can compile them once:
-//   - compile every TU with -DPEFT_EXTERN_TEMPLATES (the functions are then only declared), and
-//   - one TU defines PEFT_INSTANTIATE_TEMPLATES before including this header (float and double
-//     are instantiated there). peft's own tests, benchmarks, examples and tools do this.
-// Without either macro nothing changes: the functions are ordinary templates.
-#include <Eigen/Cholesky>
+// (tens of seconds each per scalar type), so every caller goes through these few functions. With
+// peft::compiled (PEFT_COMPILED_LIB, core/config.hpp) they are only declared here and compiled
+// once, in src/linalg.cpp; header-only programs instantiate them where they are used.
 #include <Eigen/Core>
-#include <Eigen/Eigenvalues>
-#include <Eigen/QR>
-#include <Eigen/SVD>
 #include <algorithm>
 
+#include "peft/core/config.hpp"
 #include "peft/core/tensor.hpp"
 
 namespace peft::detail {
@@ -39,6 +33,28 @@ struct eig_result {
   vector<T> values;
   matrix<T> vectors;
 };
+
+// Declarations (the definitions follow below, or are compiled into peft::compiled).
+template <class T>
+svd_result<T> thin_svd(const matrix<T>& a, bool want_u, bool want_v);
+template <class T>
+qr_result<T> thin_qr(const matrix<T>& a, bool want_r);
+template <class T>
+eig_result<T> symmetric_eigen(const matrix<T>& a);
+template <class T>
+bool cholesky_upper(const matrix<T>& a, matrix<T>& R);
+
+}  // namespace peft::detail
+
+// A program linking peft::compiled sees only the declarations and parses none of Eigen's
+// decomposition headers.
+#if PEFT_DEFINITIONS
+#include <Eigen/Cholesky>
+#include <Eigen/Eigenvalues>
+#include <Eigen/QR>
+#include <Eigen/SVD>
+
+namespace peft::detail {
 
 // Thin SVD (Eigen's BDCSVD). U and/or V are left empty when not wanted (half the work for a
 // tall or wide matrix when only one side is needed).
@@ -85,19 +101,19 @@ bool cholesky_upper(const matrix<T>& a, matrix<T>& R) {
   return true;
 }
 
+}  // namespace peft::detail
+#endif  // PEFT_DEFINITIONS
+
+namespace peft::detail {
+
 #define PEFT_DETAIL_DECOMPOSITIONS(prefix, T)                              \
   prefix svd_result<T> thin_svd<T>(const matrix<T>&, bool, bool);          \
   prefix qr_result<T> thin_qr<T>(const matrix<T>&, bool);                  \
   prefix eig_result<T> symmetric_eigen<T>(const matrix<T>&);               \
   prefix bool cholesky_upper<T>(const matrix<T>&, matrix<T>&);
-#ifdef PEFT_EXTERN_TEMPLATES
+#if defined(PEFT_COMPILED_LIB)
 PEFT_DETAIL_DECOMPOSITIONS(extern template, float)
 PEFT_DETAIL_DECOMPOSITIONS(extern template, double)
 #endif
-#ifdef PEFT_INSTANTIATE_TEMPLATES
-PEFT_DETAIL_DECOMPOSITIONS(template, float)
-PEFT_DETAIL_DECOMPOSITIONS(template, double)
-#endif
-#undef PEFT_DETAIL_DECOMPOSITIONS
 
 }  // namespace peft::detail

@@ -5,6 +5,7 @@
 // dropout is active. Never forms B·M·A: (x·Aᵀ)·Mᵀ·Bᵀ.
 #include "peft/adapters/adapter.hpp"
 #include "peft/core/random.hpp"
+#include "peft/detail/gemm.hpp"
 
 namespace peft::detail {
 
@@ -21,13 +22,14 @@ void mixed_low_rank_forward(matrix_cref<T> x, matrix_cref<T> A, matrix_cref<T> M
     mask.resize(x.rows(), x.cols());
     T* mp = mask.data();
     for (Eigen::Index i = 0; i < mask.size(); ++i) mp[i] = drop.uniform() < dropout ? T(0) : keep;
-    ctx.m[0].noalias() = (x.array() * mask.array()).matrix() * A.transpose();
+    const matrix<T> xd = x.array() * mask.array();
+    gemm_into<T>(ctx.m[0], trans::n, trans::t, xd, A);
   } else {
     ctx.m[1].resize(0, 0);
-    ctx.m[0].noalias() = x * A.transpose();
+    gemm_into<T>(ctx.m[0], trans::n, trans::t, x, A);
   }
-  ctx.m[2].noalias() = ctx.m[0] * M.transpose();
-  y.noalias() += (s * ctx.m[2]) * B.transpose();
+  gemm_into<T>(ctx.m[2], trans::n, trans::t, ctx.m[0], M);
+  gemm<T>(trans::n, trans::t, s, ctx.m[2], B, T(1), y);
 }
 
 // With t = s·dy·B [N, r] and u = t·M [N, r]:
@@ -39,23 +41,27 @@ void mixed_low_rank_backward(matrix_cref<T> dy, matrix_cref<T> x, matrix_cref<T>
                              tensor<T>* gA, tensor<T>* gM, tensor<T>* gB, matrix_ref<T>* dx) {
   const matrix<T>& xa = ctx.m[0];
   const matrix<T>& mask = ctx.m[1];
-  if (gB) as_matrix(*gB).noalias() += s * (dy.transpose() * ctx.m[2]);
+  if (gB) gemm<T>(trans::t, trans::n, s, dy, ctx.m[2], T(1), as_matrix(*gB));
   if (!gM && !gA && !dx) return;
-  const matrix<T> t = s * (dy * B);
-  if (gM) as_matrix(*gM).noalias() += t.transpose() * xa;
+  const matrix<T> t = gemm_new<T>(trans::n, trans::n, dy, B, s);
+  if (gM) gemm<T>(trans::t, trans::n, T(1), t, xa, T(1), as_matrix(*gM));
   if (!gA && !dx) return;
-  const matrix<T> u = t * M;
+  const matrix<T> u = gemm_new<T>(trans::n, trans::n, t, M);
   if (gA) {
-    if (mask.size())
-      as_matrix(*gA).noalias() += u.transpose() * (x.array() * mask.array()).matrix();
-    else
-      as_matrix(*gA).noalias() += u.transpose() * x;
+    if (mask.size()) {
+      const matrix<T> xd = x.array() * mask.array();
+      gemm<T>(trans::t, trans::n, T(1), u, xd, T(1), as_matrix(*gA));
+    } else {
+      gemm<T>(trans::t, trans::n, T(1), u, x, T(1), as_matrix(*gA));
+    }
   }
   if (dx) {
-    if (mask.size())
-      dx->array() += (u * A).array() * mask.array();
-    else
-      dx->noalias() += u * A;
+    if (mask.size()) {
+      const matrix<T> uA = gemm_new<T>(trans::n, trans::n, u, A);
+      dx->array() += uA.array() * mask.array();
+    } else {
+      gemm<T>(trans::n, trans::n, T(1), u, A, T(1), *dx);
+    }
   }
 }
 

@@ -20,6 +20,7 @@
 #include "peft/core/random.hpp"
 #include "peft/core/tensor.hpp"
 #include "peft/detail/decompositions.hpp"
+#include "peft/detail/gemm.hpp"
 
 namespace peft::detail {
 
@@ -44,6 +45,18 @@ struct orthonormalize_result {
 // row-major one costs ~1.35x more); G·X itself is within 5% either way.
 template <class T>
 using col_matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
+
+// A column-major X [m, n] read as the row-major Xᵀ [n, m] over the same memory, for the row-major
+// GEMM entry point (detail/gemm.hpp): a column-major product C = A·B is the row-major product
+// Cᵀ = Bᵀ·Aᵀ on these views, so no operand is copied and the results stay column-major.
+template <class T>
+Eigen::Map<const matrix<T>> row_major_transpose(const col_matrix<T>& X) {
+  return {X.data(), X.cols(), X.rows()};
+}
+template <class T>
+Eigen::Map<matrix<T>> row_major_transpose(col_matrix<T>& X) {
+  return {X.data(), X.cols(), X.rows()};
+}
 
 // One CholeskyQR pass on Y [m, k]: W = YᵀY (lower triangle, a rank-k update), W = RᵀR, Q = Y·R⁻¹.
 // False, Q and R unspecified, when W is not finite or not numerically positive definite, or a
@@ -208,7 +221,10 @@ svd_result<T> svd_of_projection(col_matrix<T>& Bt, Eigen::Index r, bool want_u, 
   svd_result<T> out;
   out.S = std::move(s.S);
   if (want_u) out.U = std::move(s.V);
-  if (want_v) out.V.noalias() = Bt * s.U.leftCols(r);
+  // V = Qb·Ur = (Btᵀ as stored)ᵀ·Ur.
+  if (want_v)
+    gemm_into<T>(out.V, trans::t, trans::n, row_major_transpose<T>(Bt), s.U.leftCols(r), T(1),
+                 "svd_of_projection");
   return out;
 }
 
@@ -262,21 +278,18 @@ svd_result<T> randomized_svd(matrix_cref<T> G, std::size_t r, std::size_t niter,
   const Eigen::Index ma = tr ? n : m, na = tr ? m : n;  // A = tr ? Gᵀ : G is [ma, na]
   const Eigen::Index k = std::min<Eigen::Index>(Eigen::Index(r + o.oversample), std::min(m, n));
   const Eigen::Index rr = Eigen::Index(r);
-  // A·X and Aᵀ·X as single products with G (no transposed copy of G).
+  // A·X and Aᵀ·X as single products with G (no transposed copy of G), column-major X and Y
+  // through their row-major transposes: Y = G·X is Yᵀ = Xᵀ·Gᵀ, Y = Gᵀ·X is Yᵀ = Xᵀ·G.
   auto times_a = [&](const col_matrix<T>& X) {
     col_matrix<T> Y(ma, X.cols());
-    if (tr)
-      Y.noalias() = G.transpose() * X;
-    else
-      Y.noalias() = G * X;
+    gemm<T>(trans::n, tr ? trans::n : trans::t, T(1), row_major_transpose<T>(X), G, T(0),
+            row_major_transpose<T>(Y), "randomized_svd");
     return Y;
   };
   auto times_at = [&](const col_matrix<T>& X) {
     col_matrix<T> Y(na, X.cols());
-    if (tr)
-      Y.noalias() = G * X;
-    else
-      Y.noalias() = G.transpose() * X;
+    gemm<T>(trans::n, tr ? trans::t : trans::n, T(1), row_major_transpose<T>(X), G, T(0),
+            row_major_transpose<T>(Y), "randomized_svd");
     return Y;
   };
   const bool ritz = o.tail == rsvd_tail::rayleigh_ritz && niter >= 1;
@@ -315,13 +328,19 @@ svd_result<T> randomized_svd(matrix_cref<T> G, std::size_t r, std::size_t niter,
   if (ritz) {
     const auto s = thin_svd<T>(R, want_ua, want_va);
     S = s.S.head(rr);
-    if (want_ua) Ua.noalias() = Q * s.U.leftCols(rr);
-    if (want_va) Va.noalias() = Z * s.V.leftCols(rr);
+    if (want_ua)
+      gemm_into<T>(Ua, trans::t, trans::n, row_major_transpose<T>(Q), s.U.leftCols(rr), T(1),
+                   "randomized_svd");
+    if (want_va)
+      gemm_into<T>(Va, trans::t, trans::n, row_major_transpose<T>(Z), s.V.leftCols(rr), T(1),
+                   "randomized_svd");
   } else {
     Z = times_at(Q);  // Bᵀ
     auto s = svd_of_projection<T>(Z, rr, want_ua, want_va);
     S = s.S.head(rr);
-    if (want_ua) Ua.noalias() = Q * s.U.leftCols(rr);
+    if (want_ua)
+      gemm_into<T>(Ua, trans::t, trans::n, row_major_transpose<T>(Q), s.U.leftCols(rr), T(1),
+                   "randomized_svd");
     if (want_va) Va = std::move(s.V);
   }
   if (tr) return {std::move(Va), std::move(S), std::move(Ua)};

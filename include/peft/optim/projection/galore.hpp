@@ -38,6 +38,7 @@
 #include "peft/core/error.hpp"
 #include "peft/core/random.hpp"
 #include "peft/core/tensor.hpp"
+#include "peft/detail/gemm.hpp"
 #include "peft/detail/svd.hpp"
 #include "peft/optim/optimizer.hpp"
 #include "peft/optim/projection/projector.hpp"
@@ -163,12 +164,12 @@ class galore_projector {
     const auto ls = low_shape(rows_, cols_);
     check("transfer", m.rows(), m.cols(), ls.first, ls.second);
     if (P_old_.size() != 0) {
-      const matrix<T> R = P_.transpose() * P_old_;  // [r, r]
-      m = R * m;
+      const matrix<T> R = peft::detail::gemm_new<T>(trans::t, trans::n, P_, P_old_, T(1), "galore.transfer");  // [r, r]
+      m = peft::detail::gemm_new<T>(trans::n, trans::n, R, m, T(1), "galore.transfer");
     }
     if (Q_old_.size() != 0) {
-      const matrix<T> R = Q_old_.transpose() * Q_;
-      m = m * R;
+      const matrix<T> R = peft::detail::gemm_new<T>(trans::t, trans::n, Q_old_, Q_, T(1), "galore.transfer");
+      m = peft::detail::gemm_new<T>(trans::n, trans::n, m, R, T(1), "galore.transfer");
     }
   }
 
@@ -178,11 +179,11 @@ class galore_projector {
     release_old();
     matrix<T> low;
     switch (side_) {
-      case projection_side::left: low.noalias() = P_.transpose() * G; break;
-      case projection_side::right: low.noalias() = G * Q_; break;
+      case projection_side::left: peft::detail::gemm_into<T>(low, trans::t, trans::n, P_, G, T(1), "galore.project"); break;
+      case projection_side::right: peft::detail::gemm_into<T>(low, trans::n, trans::n, G, Q_, T(1), "galore.project"); break;
       case projection_side::both: {
-        const matrix<T> t = P_.transpose() * G;
-        low.noalias() = t * Q_;
+        const matrix<T> t = peft::detail::gemm_new<T>(trans::t, trans::n, P_, G, T(1), "galore.project");
+        peft::detail::gemm_into<T>(low, trans::n, trans::n, t, Q_, T(1), "galore.project");
         break;
       }
     }
@@ -193,17 +194,22 @@ class galore_projector {
     const auto ls = low_shape(rows_, cols_);
     check("project_back", low.rows(), low.cols(), ls.first, ls.second);
     if (!has_basis_) throw value_error("galore: project_back before the first refresh");
+    // The scale rides in the last product's alpha.
+    const T sc = T(o_.scale);
     matrix<T> full;
     switch (side_) {
-      case projection_side::left: full.noalias() = P_ * low; break;
-      case projection_side::right: full.noalias() = low * Q_.transpose(); break;
+      case projection_side::left:
+        peft::detail::gemm_into<T>(full, trans::n, trans::n, P_, low, sc, "galore.project_back");
+        break;
+      case projection_side::right:
+        peft::detail::gemm_into<T>(full, trans::n, trans::t, low, Q_, sc, "galore.project_back");
+        break;
       case projection_side::both: {
-        const matrix<T> t = P_ * low;
-        full.noalias() = t * Q_.transpose();
+        const matrix<T> t = peft::detail::gemm_new<T>(trans::n, trans::n, P_, low, T(1), "galore.project_back");
+        peft::detail::gemm_into<T>(full, trans::n, trans::t, t, Q_, sc, "galore.project_back");
         break;
       }
     }
-    if (o_.scale != 1) full *= T(o_.scale);
     return full;
   }
 
@@ -216,12 +222,17 @@ class galore_projector {
     check("project_back_add", W.rows(), W.cols(), rows_, cols_);
     if (!has_basis_) throw value_error("galore: project_back_add before the first refresh");
     const T a = alpha * T(o_.scale);
+    const char* op = "galore.project_back_add";
     switch (side_) {
-      case projection_side::left: W.noalias() += (a * P_) * low; break;
-      case projection_side::right: W.noalias() += (a * low) * Q_.transpose(); break;
+      case projection_side::left:
+        peft::detail::gemm<T>(trans::n, trans::n, a, P_, low, T(1), W, op);
+        break;
+      case projection_side::right:
+        peft::detail::gemm<T>(trans::n, trans::t, a, low, Q_, T(1), W, op);
+        break;
       case projection_side::both: {
-        const matrix<T> t = (a * P_) * low;
-        W.noalias() += t * Q_.transpose();
+        const matrix<T> t = peft::detail::gemm_new<T>(trans::n, trans::n, P_, low, a, op);
+        peft::detail::gemm<T>(trans::n, trans::t, T(1), t, Q_, T(1), W, op);
         break;
       }
     }
@@ -298,6 +309,8 @@ class galore_projector {
   }
 
  private:
+  using trans = peft::detail::trans;
+
   std::size_t rng_bytes() const {
     return o_.solver == svd_solver::randomized ? sizeof(rng::state_type) : 0;
   }

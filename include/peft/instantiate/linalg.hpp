@@ -1,0 +1,14 @@
+#pragma once
+// Explicit instantiation definitions of detail/decompositions.hpp and detail/svd.hpp (float,
+// double). Included by src/linalg.cpp and peft/instantiate.hpp only.
+#include "peft/detail/decompositions.hpp"
+#include "peft/detail/svd.hpp"
+
+#if !defined(PEFT_INSTANTIATE_TEMPLATES)
+#error "peft/instantiate/linalg.hpp: include peft/instantiate.hpp (it defines PEFT_INSTANTIATE_TEMPLATES)"
+#endif
+
+namespace peft::detail {
+PEFT_DETAIL_DECOMPOSITIONS(template, float)
+PEFT_DETAIL_DECOMPOSITIONS(template, double)
+}  // namespace peft::detail

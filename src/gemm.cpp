@@ -1,0 +1,5 @@
+// peft::compiled: the GEMM entry point (detail/gemm.hpp) for float and double.
+#ifndef PEFT_COMPILED_LIB
+#error "src/ is the compiled library: build it through CMake (PEFT_BUILD_COMPILED), which defines PEFT_COMPILED_LIB"
+#endif
+#include "peft/instantiate/gemm.hpp"
