@@ -373,8 +373,8 @@ class randlora : public adapter<T> {
   }
 
   matrix<T> delta_weight(matrix_cref<T>) const override {
-    const matrix<T> M = detail::gemm_new<T>(detail::trans::n, detail::trans::n, B_block(), scaled_A(),
-                                            T(scaling()));  // [max_d, min_d]
+    const matrix<T> M = detail::gemm_new<T>(detail::trans::n, detail::trans::n, B_block(),
+                                            scaled_A(), T(scaling()));  // [max_d, min_d]
     if (scales_input()) return M;
     return M.transpose();
   }
@@ -407,33 +407,34 @@ class randlora : public adapter<T> {
   }
   // P[:, k·n + j] = Σ_i v[:, i]·A[k, i]·Γ[j, i]   (v [N, min_dim] -> [N, r·n])
   matrix<T> project(matrix_cref<T> v) const {
+    using detail::trans;
     const Eigen::Index n = Eigen::Index(n_);
     matrix<T> P(v.rows(), Eigen::Index(cfg_.r * n_));
     matrix<T> gk;
     for (std::size_t k = 0; k < cfg_.r; ++k) {
       gamma_times_row(k, gk);
-      detail::gemm<T>(detail::trans::n, detail::trans::t, T(1), v, gk, T(0),
-                      P.middleCols(Eigen::Index(k) * n, n));
+      detail::gemm<T>(trans::n, trans::t, T(1), v, gk, T(0), P.middleCols(Eigen::Index(k) * n, n));
     }
     return P;
   }
   // R[:, i] += Σ_{k,j} G[:, k·n + j]·A[k, i]·Γ[j, i]   (G [N, r·n] -> R [N, min_dim])
   void expand_add(const matrix<T>& G, matrix_ref<T> R) const {
+    using detail::trans;
     const Eigen::Index n = Eigen::Index(n_);
     matrix<T> gk;
     for (std::size_t k = 0; k < cfg_.r; ++k) {
       gamma_times_row(k, gk);
-      detail::gemm<T>(detail::trans::n, detail::trans::n, T(1), G.middleCols(Eigen::Index(k) * n, n),
-                      gk, T(1), R);
+      detail::gemm<T>(trans::n, trans::n, T(1), G.middleCols(Eigen::Index(k) * n, n), gk, T(1), R);
     }
   }
   // dΓ[j, i] += Σ_k A[k, i]·(G_kᵀ·v)[j, i]   (G [N, r·n], v [N, min_dim])
   void grad_gamma_add(const matrix<T>& G, matrix_cref<T> v, matrix_map<T> dG) const {
+    using detail::trans;
     const Eigen::Index n = Eigen::Index(n_);
     const auto A = A_block();
     for (std::size_t k = 0; k < cfg_.r; ++k) {
-      const matrix<T> t = detail::gemm_new<T>(detail::trans::t, detail::trans::n,
-                                              G.middleCols(Eigen::Index(k) * n, n), v);  // [n, min_dim]
+      const matrix<T> t =
+          detail::gemm_new<T>(trans::t, trans::n, G.middleCols(Eigen::Index(k) * n, n), v);  // [n, min_dim]
       dG.array() += t.array().rowwise() * A.row(Eigen::Index(k)).array();
     }
   }

@@ -1,5 +1,6 @@
 #pragma once
-// Thread count for the library's GEMMs.
+// Thread count for the library's GEMMs (detail/gemm.hpp).
+//   PEFT_GEMM=onednn: oneDNN splits each product over OpenMP threads (omp_set_num_threads).
 //   default build:   Eigen runs its own GEMM kernel and splits each product over OpenMP threads
 //                    (Eigen::setNbThreads).
 //   EIGEN_USE_BLAS:  (CMake PEFT_USE_BLAS) Eigen hands every product to the BLAS's sgemm/dgemm
@@ -11,6 +12,11 @@
 // autograd/ops/matmul.hpp) in both builds.
 #include <Eigen/Core>
 #include <string>
+
+#if defined(PEFT_GEMM_ONEDNN) && defined(_OPENMP)
+// oneDNN (PEFT_GEMM=onednn) threads its products with OpenMP's own thread count.
+#include <omp.h>
+#endif
 
 #include "peft/core/error.hpp"
 
@@ -49,6 +55,9 @@ inline void set_num_threads(int n) {
   if (n <= 0) throw value_error("set_num_threads: n = " + std::to_string(n) + " (must be > 0)");
   Eigen::setNbThreads(n);
   detail::set_blas_threads(n);
+#if defined(PEFT_GEMM_ONEDNN) && defined(_OPENMP)
+  omp_set_num_threads(n);
+#endif
 }
 inline int num_threads() { return Eigen::nbThreads(); }
 

@@ -22,7 +22,7 @@ void mixed_low_rank_forward(matrix_cref<T> x, matrix_cref<T> A, matrix_cref<T> M
     mask.resize(x.rows(), x.cols());
     T* mp = mask.data();
     for (Eigen::Index i = 0; i < mask.size(); ++i) mp[i] = drop.uniform() < dropout ? T(0) : keep;
-    const matrix<T> xd = x.array() * mask.array();
+    const matrix<T> xd = (x.array() * mask.array()).matrix();
     gemm_into<T>(ctx.m[0], trans::n, trans::t, xd, A);
   } else {
     ctx.m[1].resize(0, 0);
@@ -49,7 +49,7 @@ void mixed_low_rank_backward(matrix_cref<T> dy, matrix_cref<T> x, matrix_cref<T>
   const matrix<T> u = gemm_new<T>(trans::n, trans::n, t, M);
   if (gA) {
     if (mask.size()) {
-      const matrix<T> xd = x.array() * mask.array();
+      const matrix<T> xd = (x.array() * mask.array()).matrix();
       gemm<T>(trans::t, trans::n, T(1), u, xd, T(1), as_matrix(*gA));
     } else {
       gemm<T>(trans::t, trans::n, T(1), u, x, T(1), as_matrix(*gA));

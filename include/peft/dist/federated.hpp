@@ -37,6 +37,7 @@
 // "lora_latent_mapping.weight" (LoRA-XS / LoRA-SB's R); a layer's A, B and R share the prefix.
 #include <Eigen/Core>
 #include "peft/detail/decompositions.hpp"
+#include "peft/detail/gemm.hpp"
 #include <cmath>
 #include <cstddef>
 #include <functional>
@@ -251,9 +252,14 @@ void fedsvd_refactor(tensor<T>& A, tensor<T>& B) {
   detail::fedsvd_check(A, B);
   const matrix<double> At = as_matrix(A).template cast<double>().transpose();  // [in, r]
   const auto qr = peft::detail::thin_qr<double>(At, true);                     // Q [in, r], R [r, r]
-  const matrix<double> M = as_matrix(B).template cast<double>() * qr.R.transpose();  // [out, r]
+  using peft::detail::trans;
+  const matrix<double> Bd = as_matrix(B).template cast<double>();  // [out, r]
+  const matrix<double> M =
+      peft::detail::gemm_new<double>(trans::n, trans::t, Bd, qr.R, 1.0, "fedsvd");  // [out, r]
   const auto svd = peft::detail::thin_svd<double>(M, true, true);
-  const matrix<double> An = (qr.Q * svd.V).transpose();  // [r, in]
+  // (Q·W)ᵀ = Wᵀ·Qᵀ, formed transposed directly.
+  const matrix<double> An =
+      peft::detail::gemm_new<double>(trans::t, trans::t, svd.V, qr.Q, 1.0, "fedsvd");  // [r, in]
   const matrix<double> Bn = svd.U * svd.S.asDiagonal();  // [out, r]
   as_matrix(A) = An.template cast<T>();
   as_matrix(B) = Bn.template cast<T>();

@@ -26,6 +26,7 @@
 #include <string>
 #include <vector>
 
+#include "peft/detail/gemm.hpp"
 #include "peft/init/policy.hpp"
 #include "peft/init/svd.hpp"
 
@@ -74,8 +75,8 @@ eva_decomposition eva_svd(const Eigen::MatrixBase<Derived>& X, std::size_t k, bo
   d.components.resize(K, Eigen::Index(in));
   d.singular_values.resize(K);
   if (n >= in) {
-    matrix<double> C(static_cast<Eigen::Index>(in), static_cast<Eigen::Index>(in));
-    C.noalias() = Xc.transpose() * Xc;
+    matrix<double> C;  // Xcᵀ·Xc [in, in]
+    detail::gemm_into<double>(C, detail::trans::t, detail::trans::n, Xc, Xc);
     const auto es = detail::symmetric_eigen<double>(C);
     if (es.values.size() == 0) throw error("eva_svd: eigen-decomposition did not converge");
     for (Eigen::Index i = 0; i < K; ++i) {  // eigenvalues ascend

@@ -40,6 +40,7 @@
 #include <vector>
 
 #include "peft/adapters/lora_xs.hpp"
+#include "peft/detail/gemm.hpp"
 #include "peft/init/policy.hpp"
 #include "peft/init/svd.hpp"
 
@@ -294,7 +295,8 @@ std::shared_ptr<lora_xs<T>> make_lora_sb(std::size_t in, std::size_t out, const 
   auto a = std::make_shared<lora_xs<T>>(in, out, cfg, std::as_const(f.A), std::as_const(f.B));
   a->lora_R.value() = f.R;
   if (opt.subtract_from_weight) {
-    const tensor<T> BR = to_tensor(matrix<T>(as_matrix(f.B) * as_matrix(f.R)));
+    const tensor<T> BR = to_tensor(
+        detail::gemm_new<T>(detail::trans::n, detail::trans::n, as_matrix(f.B), as_matrix(f.R)));
     detail::init_subtract_scaled(*W, BR, f.A, cfg.scaling());
   }
   return a;

@@ -22,6 +22,7 @@
 #include "peft/adapters/lora_xs.hpp"
 #include "peft/core/error.hpp"
 #include "peft/core/tensor.hpp"
+#include "peft/detail/gemm.hpp"
 #include "peft/detail/svd.hpp"
 #include "peft/init/policy.hpp"
 
@@ -66,9 +67,10 @@ matrix<double> init_to_double(const tensor<T>& W) {
 template <class T>
 void init_subtract_scaled(tensor<T>& W, const tensor<T>& B, const tensor<T>& A, double s) {
   auto Wm = as_matrix(W);
-  const matrix<double> res =
-      Wm.template cast<double>() -
-      s * (as_matrix(B).template cast<double>() * as_matrix(A).template cast<double>());
+  const matrix<double> Bd = as_matrix(B).template cast<double>();
+  const matrix<double> Ad = as_matrix(A).template cast<double>();
+  matrix<double> res = Wm.template cast<double>();
+  gemm<double>(trans::n, trans::n, -s, Bd, Ad, 1.0, res);  // res −= s·B·A
   Wm = res.template cast<T>();
 }
 

@@ -42,6 +42,7 @@
 #include "peft/core/error.hpp"
 #include "peft/core/random.hpp"
 #include "peft/core/tensor.hpp"
+#include "peft/detail/gemm.hpp"
 #include "peft/detail/svd.hpp"
 #include "peft/io/adapter_config.hpp"
 #include "peft/io/peft_dir.hpp"
@@ -297,7 +298,8 @@ lora_pair<T> combine_layer(const std::vector<lora_pair<T>>& in, const std::vecto
   std::size_t max_r = 0;
   for (std::size_t i = 0; i < n; ++i) {
     c[i] = o.svd_double_scaling ? T(weights[i] * in[i].scale) : weights[i];
-    dW[i].noalias() = in[i].scale * (as_matrix(in[i].B) * as_matrix(in[i].A));
+    peft::detail::gemm_into<T>(dW[i], peft::detail::trans::n, peft::detail::trans::n, as_matrix(in[i].B),
+                               as_matrix(in[i].A), in[i].scale, op.c_str());  // s_i·B_i·A_i
     max_r = std::max(max_r, in[i].A.shape()[0]);
   }
   const matrix<T> delta = merge_task_tensors(dW, c, kind, o.density, o.sign, g);

@@ -30,6 +30,7 @@
 #include "peft/core/error.hpp"
 #include "peft/core/tensor.hpp"
 #include "peft/core/threads.hpp"
+#include "peft/detail/gemm.hpp"
 #include "peft/serve/served_adapter.hpp"
 
 namespace peft::serve {
@@ -88,6 +89,8 @@ template <class T>
 void mixed_linear_forward(matrix_cref<T> X, matrix_cref<T> W, const T* bias, std::span<const int> ids,
                           std::span<const layer_adapter<T>* const> adapters, matrix_ref<T> Y,
                           mixed_workspace<T>& ws) {
+  using peft::detail::gemm;
+  using peft::detail::trans;
   const Eigen::Index N = X.rows(), in = X.cols(), out = W.rows();
   if (W.cols() != in || Y.rows() != N || Y.cols() != out || ids.size() != std::size_t(N))
     throw shape_error("serve::mixed_linear_forward: X " + detail::dims(N, in) + ", W " +
@@ -117,7 +120,7 @@ void mixed_linear_forward(matrix_cref<T> X, matrix_cref<T> W, const T* bias, std
   }
 
   // 1. the base GEMM, all rows, no bias yet (DoRA scales before the bias).
-  Y.noalias() = X * W.transpose();
+  gemm<T>(trans::n, trans::t, T(1), X, W, T(0), Y, "serve::mixed_linear_forward");
 
   // 3. low-rank and DoRA groups. Each group gets its own slices of the workspace (laid out
   // first, so groups are independent) and writes only its own rows of Y.
@@ -153,17 +156,17 @@ void mixed_linear_forward(matrix_cref<T> X, matrix_cref<T> W, const T* bias, std
     if (gr.in_place) {
       // Consecutive rows (the usual "one adapter per request" layout): no gather, no scatter.
       const Eigen::Index f = Eigen::Index(rows[0]);
-      U.noalias() = X.middleRows(f, ni) * a.A.transpose();
+      gemm<T>(trans::n, trans::t, T(1), X.middleRows(f, ni), a.A, T(0), U);
       auto Yg = Y.middleRows(f, ni);
-      Yg.noalias() += U * a.B.transpose();
+      gemm<T>(trans::n, trans::t, T(1), U, a.B, T(1), Yg);
       if (a.kind == adapter_kind::dora) Yg.array().rowwise() *= a.row_scale.transpose().array();
       return;
     }
     matrix_map<T> Xg(ws.x.data() + gr.x, ni, in);
     for (Eigen::Index j = 0; j < ni; ++j) Xg.row(j) = X.row(Eigen::Index(rows[j]));
-    U.noalias() = Xg * a.A.transpose();
+    gemm<T>(trans::n, trans::t, T(1), Xg, a.A, T(0), U);
     matrix_map<T> D(ws.d.data() + gr.d, ni, out);
-    D.noalias() = U * a.B.transpose();
+    gemm<T>(trans::n, trans::t, T(1), U, a.B, T(0), D);
     if (a.kind == adapter_kind::dora) {
       for (Eigen::Index j = 0; j < ni; ++j) {
         auto y = Y.row(Eigen::Index(rows[j]));
@@ -175,7 +178,7 @@ void mixed_linear_forward(matrix_cref<T> X, matrix_cref<T> W, const T* bias, std
   };
   // Many groups: one parallel region over groups, each group's two small GEMMs single-threaded
   // inside it (the CPU analogue of SGMV's single launch); splitting each small GEMM over threads
-  // instead would pay a fork/join per adapter. One group: Eigen threads its GEMMs itself.
+  // instead would pay a fork/join per adapter. One group: the GEMM backend threads it itself.
   const std::size_t n_groups = ws.groups.size();
 #ifdef _OPENMP
   const int nt = num_threads();
@@ -204,11 +207,11 @@ void mixed_linear_forward(matrix_cref<T> X, matrix_cref<T> W, const T* bias, std
     auto U = detail::buffer(ws.u, nv, rm);
     const auto A = sh->A_block(rmax, std::size_t(in));
     if (std::is_sorted(ws.vrows.begin(), ws.vrows.end()) && detail::consecutive(ws.vrows.data(), ws.vrows.size())) {
-      U.noalias() = X.middleRows(Eigen::Index(ws.vrows[0]), nv) * A.transpose();
+      gemm<T>(trans::n, trans::t, T(1), X.middleRows(Eigen::Index(ws.vrows[0]), nv), A, T(0), U);
     } else {
       auto Xg = detail::buffer(ws.x, nv, in);
       for (Eigen::Index j = 0; j < nv; ++j) Xg.row(j) = X.row(Eigen::Index(ws.vrows[std::size_t(j)]));
-      U.noalias() = Xg * A.transpose();
+      gemm<T>(trans::n, trans::t, T(1), Xg, A, T(0), U);
     }
     // λ_d per group (zero beyond the adapter's own rank).
     Eigen::Index off = 0;
@@ -223,7 +226,7 @@ void mixed_linear_forward(matrix_cref<T> X, matrix_cref<T> W, const T* bias, std
       off += n;
     }
     auto V = detail::buffer(ws.d, nv, out);
-    V.noalias() = U * sh->B_block(std::size_t(out), rmax).transpose();
+    gemm<T>(trans::n, trans::t, T(1), U, sh->B_block(std::size_t(out), rmax), T(0), V);
     off = 0;
     for (std::size_t k = 0; k < S; ++k) {
       if (!(ws.start[k + 1] > ws.start[k] && adapters[k]->kind == adapter_kind::vera && adapters[k]->vera.get() == sh))

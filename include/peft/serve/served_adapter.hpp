@@ -29,6 +29,7 @@
 #include "peft/adapters/vera.hpp"
 #include "peft/core/error.hpp"
 #include "peft/core/tensor.hpp"
+#include "peft/detail/gemm.hpp"
 
 namespace peft::serve {
 
@@ -113,15 +114,19 @@ struct layer_adapter {
     if (std::size_t(W.rows()) != out || std::size_t(W.cols()) != in)
       throw shape_error("serve::layer_adapter::delta_weight: W " + peft::detail::dims_str(W.rows(), W.cols()) +
                         " for an adapter on [" + std::to_string(out) + "," + std::to_string(in) + "]");
+    using peft::detail::trans;
     switch (kind) {
-      case adapter_kind::low_rank: return B * A;
+      case adapter_kind::low_rank: return peft::detail::gemm_new<T>(trans::n, trans::n, B, A);
       case adapter_kind::dora: {
         matrix<T> V = W;
-        V.noalias() += B * A;
+        peft::detail::gemm<T>(trans::n, trans::n, T(1), B, A, T(1), V);
         return row_scale.asDiagonal() * V - W;
       }
-      case adapter_kind::vera:
-        return (lambda_b.asDiagonal() * vera->B_block(out, r)) * (lambda_d.asDiagonal() * vera->A_block(r, in));
+      case adapter_kind::vera: {
+        const matrix<T> Bl = lambda_b.asDiagonal() * vera->B_block(out, r);  // diag(λ_b)·B
+        const matrix<T> Al = lambda_d.asDiagonal() * vera->A_block(r, in);   // diag(λ_d)·A
+        return peft::detail::gemm_new<T>(trans::n, trans::n, Bl, Al);
+      }
     }
     return {};
   }

@@ -46,6 +46,7 @@
 #include "peft/core/error.hpp"
 #include "peft/core/random.hpp"
 #include "peft/core/tensor.hpp"
+#include "peft/detail/gemm.hpp"
 #include "peft/detail/svd.hpp"
 #include "peft/optim/optimizer.hpp"
 #include "peft/optim/projection/galore.hpp"  // projection_side
@@ -97,18 +98,25 @@ namespace peft::detail {
 // QR of its transpose (detail::svd_of_projection).
 template <class T>
 matrix<T> coap_range_finder(matrix_cref<T> G, matrix_cref<T> Omega, bool left) {
-  col_matrix<T> Y;
+  // Column-major Y and Bt are written through their row-major transposes (row_major_transpose):
+  // Y = Gᵀ·Ω is Yᵀ = Ωᵀ·G, Y = G·Ω is Yᵀ = Ωᵀ·Gᵀ, and likewise for Bt.
+  const Eigen::Index m = G.rows(), n = G.cols(), r = Omega.cols();
+  col_matrix<T> Y(left ? n : m, r);
   if (left)
-    Y.noalias() = G.transpose() * Omega;  // [n, r]
+    gemm<T>(trans::t, trans::n, T(1), Omega, G, T(0), row_major_transpose<T>(Y),
+            "coap_range_finder");  // [n, r]
   else
-    Y.noalias() = G * Omega;  // [m, r]
+    gemm<T>(trans::t, trans::t, T(1), Omega, G, T(0), row_major_transpose<T>(Y),
+            "coap_range_finder");  // [m, r]
   orthonormalize_in_place<T>(Y);
-  col_matrix<T> Bt;
+  col_matrix<T> Bt(left ? m : n, r);
   if (left)
-    Bt.noalias() = G * Y;  // (Qᵀ·Gᵀ)ᵀ [m, r]
+    gemm<T>(trans::n, trans::t, T(1), row_major_transpose<T>(Y), G, T(0),
+            row_major_transpose<T>(Bt), "coap_range_finder");  // (Qᵀ·Gᵀ)ᵀ [m, r]
   else
-    Bt.noalias() = G.transpose() * Y;  // (Qᵀ·G)ᵀ [n, r]
-  return svd_of_projection<T>(Bt, Omega.cols(), false, true).V;
+    gemm<T>(trans::n, trans::n, T(1), row_major_transpose<T>(Y), G, T(0),
+            row_major_transpose<T>(Bt), "coap_range_finder");  // (Qᵀ·G)ᵀ [n, r]
+  return svd_of_projection<T>(Bt, r, false, true).V;
 }
 
 // The correlation-aware objective of COAP at P [d, r] (see coap.hpp's header comment):
@@ -127,13 +135,14 @@ T coap_objective(matrix_cref<T> G, matrix_cref<T> P, const matrix<T>* M, bool le
                  matrix<T>* grad = nullptr) {
   const Eigen::Index m = G.rows(), n = G.cols();
   const T mn = T(double(m) * double(n));
+  const char* op = "coap_objective";
   matrix<T> H, E;
   if (left) {
-    H.noalias() = P.transpose() * G;  // [r, n]
-    E.noalias() = P * H;
+    gemm_into<T>(H, trans::t, trans::n, P, G, T(1), op);  // [r, n]
+    gemm_into<T>(E, trans::n, trans::n, P, H, T(1), op);
   } else {
-    H.noalias() = G * P;  // [m, r]
-    E.noalias() = H * P.transpose();
+    gemm_into<T>(H, trans::n, trans::n, G, P, T(1), op);  // [m, r]
+    gemm_into<T>(E, trans::n, trans::t, H, P, T(1), op);
   }
   E -= G;
   const T mse = E.squaredNorm() / mn;
@@ -146,9 +155,9 @@ T coap_objective(matrix_cref<T> G, matrix_cref<T> P, const matrix<T>* M, bool le
     vector<T> a(m), nx2(m);
     matrix<T> K;  // left: G·Mᵀ [m, r]
     if (left) {
-      K.noalias() = G * M->transpose();
-      const matrix<T> MMt = *M * M->transpose();
-      const matrix<T> PM = P * MMt;  // [m, r]
+      gemm_into<T>(K, trans::n, trans::t, G, *M, T(1), op);
+      const matrix<T> MMt = gemm_new<T>(trans::n, trans::t, *M, *M, T(1), op);
+      const matrix<T> PM = gemm_new<T>(trans::n, trans::n, P, MMt, T(1), op);  // [m, r]
       a = (P.array() * K.array()).rowwise().sum().matrix();
       nx2 = (PM.array() * P.array()).rowwise().sum().matrix();
       vector<T> s(m), t(m);
@@ -162,8 +171,8 @@ T coap_objective(matrix_cref<T> G, matrix_cref<T> P, const matrix<T>* M, bool le
       }
       if (grad) gC = s.asDiagonal() * K - t.asDiagonal() * PM;
     } else {
-      const matrix<T> PtP = P.transpose() * P;
-      const matrix<T> MG = *M * PtP;  // [m, r]
+      const matrix<T> PtP = gemm_new<T>(trans::t, trans::n, P, P, T(1), op);
+      const matrix<T> MG = gemm_new<T>(trans::n, trans::n, *M, PtP, T(1), op);  // [m, r]
       a = (M->array() * H.array()).rowwise().sum().matrix();
       nx2 = (MG.array() * M->array()).rowwise().sum().matrix();
       vector<T> s(m), t(m);
@@ -177,9 +186,9 @@ T coap_objective(matrix_cref<T> G, matrix_cref<T> P, const matrix<T>* M, bool le
       }
       if (grad) {
         const matrix<T> sM = s.asDiagonal() * *M, tM = t.asDiagonal() * *M;
-        const matrix<T> MtM = M->transpose() * tM;  // [r, r]
-        gC.noalias() = G.transpose() * sM;
-        gC.noalias() -= P * MtM;
+        const matrix<T> MtM = gemm_new<T>(trans::t, trans::n, *M, tM, T(1), op);  // [r, r]
+        gemm_into<T>(gC, trans::t, trans::n, G, sM, T(1), op);
+        gemm<T>(trans::n, trans::n, T(-1), P, MtM, T(1), gC, op);
       }
     }
     C /= T(m);
@@ -187,16 +196,16 @@ T coap_objective(matrix_cref<T> G, matrix_cref<T> P, const matrix<T>* M, bool le
 
   if (grad) {
     matrix<T>& g = *grad;
+    const T f = T(2) / mn * (T(1) - C);  // (1 − C)·2/(m·n), in the products' alpha
     if (left) {
-      const matrix<T> EtP = E.transpose() * P;  // [n, r]
-      g.noalias() = E * H.transpose();
-      g.noalias() += G * EtP;
+      const matrix<T> EtP = gemm_new<T>(trans::t, trans::n, E, P, T(1), op);  // [n, r]
+      gemm_into<T>(g, trans::n, trans::t, E, H, f, op);
+      gemm<T>(trans::n, trans::n, f, G, EtP, T(1), g, op);
     } else {
-      const matrix<T> EP = E * P;  // [m, r]
-      g.noalias() = G.transpose() * EP;
-      g.noalias() += E.transpose() * H;
+      const matrix<T> EP = gemm_new<T>(trans::n, trans::n, E, P, T(1), op);  // [m, r]
+      gemm_into<T>(g, trans::t, trans::n, G, EP, f, op);
+      gemm<T>(trans::t, trans::n, f, E, H, T(1), g, op);
     }
-    g *= T(2) / mn * (T(1) - C);
     if (M) g -= mse * gC;
   }
   return mse * (T(1) - C);
@@ -273,17 +282,25 @@ class coap_projector {
     if (P_old_.size() == 0) return;
     // R maps old low coordinates to new ones through the full shape.
     if (left_) {
-      const matrix<T> R = P_.transpose() * P_old_;  // [r, r]
-      if (which == moment::first)
-        m = R * m;
-      else
-        m = (R * m.cwiseMax(T(0)).cwiseSqrt()).cwiseAbs2();
+      const matrix<T> R = peft::detail::gemm_new<T>(trans::t, trans::n, P_, P_old_, T(1),
+                                                    "coap.transfer");  // [r, r]
+      if (which == moment::first) {
+        m = peft::detail::gemm_new<T>(trans::n, trans::n, R, m, T(1), "coap.transfer");
+      } else {
+        const matrix<T> root = m.cwiseMax(T(0)).cwiseSqrt();
+        peft::detail::gemm_into<T>(m, trans::n, trans::n, R, root, T(1), "coap.transfer");
+        m = m.cwiseAbs2();
+      }
     } else {
-      const matrix<T> R = P_old_.transpose() * P_;
-      if (which == moment::first)
-        m = m * R;
-      else
-        m = (m.cwiseMax(T(0)).cwiseSqrt() * R).cwiseAbs2();
+      const matrix<T> R =
+          peft::detail::gemm_new<T>(trans::t, trans::n, P_old_, P_, T(1), "coap.transfer");
+      if (which == moment::first) {
+        m = peft::detail::gemm_new<T>(trans::n, trans::n, m, R, T(1), "coap.transfer");
+      } else {
+        const matrix<T> root = m.cwiseMax(T(0)).cwiseSqrt();
+        peft::detail::gemm_into<T>(m, trans::n, trans::n, root, R, T(1), "coap.transfer");
+        m = m.cwiseAbs2();
+      }
     }
   }
 
@@ -294,9 +311,9 @@ class coap_projector {
     P_old_.resize(0, 0);
     matrix<T> low;
     if (left_)
-      low.noalias() = P_.transpose() * G;
+      peft::detail::gemm_into<T>(low, trans::t, trans::n, P_, G, T(1), "coap.project");
     else
-      low.noalias() = G * P_;
+      peft::detail::gemm_into<T>(low, trans::n, trans::n, G, P_, T(1), "coap.project");
     return low;
   }
 
@@ -304,12 +321,14 @@ class coap_projector {
     const auto ls = low_shape(rows_, cols_);
     check("project_back", low.rows(), low.cols(), ls.first, ls.second);
     if (!has_basis_) throw value_error("coap: project_back before the first refresh");
+    // The scale rides in the product's alpha.
     matrix<T> full;
     if (left_)
-      full.noalias() = P_ * low;
+      peft::detail::gemm_into<T>(full, trans::n, trans::n, P_, low, T(o_.scale),
+                                 "coap.project_back");
     else
-      full.noalias() = low * P_.transpose();
-    if (o_.scale != 1) full *= T(o_.scale);
+      peft::detail::gemm_into<T>(full, trans::n, trans::t, low, P_, T(o_.scale),
+                                 "coap.project_back");
     return full;
   }
 
@@ -322,9 +341,9 @@ class coap_projector {
     if (!has_basis_) throw value_error("coap: project_back_add before the first refresh");
     const T a = alpha * T(o_.scale);
     if (left_)
-      W.noalias() += (a * P_) * low;
+      peft::detail::gemm<T>(trans::n, trans::n, a, P_, low, T(1), W, "coap.project_back_add");
     else
-      W.noalias() += (a * low) * P_.transpose();
+      peft::detail::gemm<T>(trans::n, trans::t, a, low, P_, T(1), W, "coap.project_back_add");
   }
 
   std::pair<std::size_t, std::size_t> low_shape(std::size_t rows, std::size_t cols) const {
@@ -376,6 +395,8 @@ class coap_projector {
   }
 
  private:
+  using trans = peft::detail::trans;
+
   // Takes the pending correlation-aware step (with the first moment M in the old basis, or
   // without the cosine factor when M is null).
   void resolve(const matrix<T>* M) {

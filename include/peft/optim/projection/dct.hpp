@@ -44,6 +44,7 @@
 #include "peft/core/error.hpp"
 #include "peft/core/tensor.hpp"
 #include "peft/detail/dct.hpp"
+#include "peft/detail/gemm.hpp"
 #include "peft/optim/optimizer.hpp"
 #include "peft/optim/projection/galore.hpp"  // projection_side
 #include "peft/optim/projection/projector.hpp"
@@ -127,7 +128,8 @@ class dct_projector {
     if (left_) {
       for (Eigen::Index c0 = 0; c0 < G.cols(); c0 += block) {
         const Eigen::Index nc = std::min(block, G.cols() - c0);
-        S.noalias() = D * G.middleCols(c0, nc);  // [s, nc]
+        peft::detail::gemm_into<T>(S, trans::n, trans::n, D, G.middleCols(c0, nc), T(1),
+                                   "dct.refresh");  // [s, nc]
         if (o_.norm == 1)
           score += S.cwiseAbs().rowwise().sum();
         else
@@ -136,7 +138,8 @@ class dct_projector {
     } else {
       for (Eigen::Index r0 = 0; r0 < G.rows(); r0 += block) {
         const Eigen::Index nr = std::min(block, G.rows() - r0);
-        S.noalias() = G.middleRows(r0, nr) * D.transpose();  // [nr, s]
+        peft::detail::gemm_into<T>(S, trans::n, trans::t, G.middleRows(r0, nr), D, T(1),
+                                   "dct.refresh");  // [nr, s]
         if (o_.norm == 1)
           score += S.cwiseAbs().colwise().sum().transpose();
         else
@@ -192,9 +195,9 @@ class dct_projector {
     const matrix<T> Qt = gather();  // [r, s] = Q[:, idx]ᵀ
     matrix<T> low;
     if (left_)
-      low.noalias() = Qt * G;
+      peft::detail::gemm_into<T>(low, trans::n, trans::n, Qt, G, T(1), "dct.project");
     else
-      low.noalias() = G * Qt.transpose();
+      peft::detail::gemm_into<T>(low, trans::n, trans::t, G, Qt, T(1), "dct.project");
     return low;
   }
 
@@ -203,12 +206,14 @@ class dct_projector {
     check("project_back", low.rows(), low.cols(), ls.first, ls.second);
     if (idx_.empty()) throw value_error("dct: project_back before the first refresh");
     const matrix<T> Qt = gather();
+    // The scale rides in the product's alpha.
     matrix<T> full;
     if (left_)
-      full.noalias() = Qt.transpose() * low;
+      peft::detail::gemm_into<T>(full, trans::t, trans::n, Qt, low, T(o_.scale),
+                                 "dct.project_back");
     else
-      full.noalias() = low * Qt;
-    if (o_.scale != 1) full *= T(o_.scale);
+      peft::detail::gemm_into<T>(full, trans::n, trans::n, low, Qt, T(o_.scale),
+                                 "dct.project_back");
     return full;
   }
 
@@ -222,9 +227,9 @@ class dct_projector {
     const matrix<T> Qt = gather();
     const T a = alpha * T(o_.scale);
     if (left_)
-      W.noalias() += (a * Qt.transpose()) * low;
+      peft::detail::gemm<T>(trans::t, trans::n, a, Qt, low, T(1), W, "dct.project_back_add");
     else
-      W.noalias() += (a * low) * Qt;
+      peft::detail::gemm<T>(trans::n, trans::n, a, low, Qt, T(1), W, "dct.project_back_add");
   }
 
   std::pair<std::size_t, std::size_t> low_shape(std::size_t rows, std::size_t cols) const {
@@ -282,6 +287,8 @@ class dct_projector {
   }
 
  private:
+  using trans = peft::detail::trans;
+
   // Q[:, idx]ᵀ = rows idx of D [r, s] (D is row-major: contiguous row copies).
   matrix<T> gather() const {
     const matrix<T>& D = *shared_basis();

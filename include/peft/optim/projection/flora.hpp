@@ -43,6 +43,7 @@
 #include "peft/core/error.hpp"
 #include "peft/core/random.hpp"
 #include "peft/core/tensor.hpp"
+#include "peft/detail/gemm.hpp"
 #include "peft/optim/optimizer.hpp"
 #include "peft/optim/projection/galore.hpp"  // projection_side
 #include "peft/optim/projection/projector.hpp"
@@ -144,11 +145,13 @@ class flora_projector {
     const auto ls = low_shape(rows_, cols_);
     check("transfer", m.rows(), m.cols(), ls.first, ls.second);
     if (which == moment::second) return;  // kept (see above)
-    const matrix<T> R = matrix_for(seed_).transpose() * matrix_for(prev_seed_);  // P_newᵀ·P_old
+    const matrix<T> R = peft::detail::gemm_new<T>(trans::t, trans::n, matrix_for(seed_),
+                                                  matrix_for(prev_seed_), T(1),
+                                                  "flora.transfer");  // P_newᵀ·P_old
     if (left_)
-      m = R * m;
+      m = peft::detail::gemm_new<T>(trans::n, trans::n, R, m, T(1), "flora.transfer");
     else
-      m = m * R.transpose();
+      m = peft::detail::gemm_new<T>(trans::n, trans::t, m, R, T(1), "flora.transfer");
   }
 
   matrix<T> project(matrix_cref<T> G, std::size_t /*step*/) {
@@ -161,9 +164,9 @@ class flora_projector {
     has_scratch_ = true;
     matrix<T> low;
     if (left_)
-      low.noalias() = scratch_.transpose() * G;
+      peft::detail::gemm_into<T>(low, trans::t, trans::n, scratch_, G, T(1), "flora.project");
     else
-      low.noalias() = G * scratch_;
+      peft::detail::gemm_into<T>(low, trans::n, trans::n, G, scratch_, T(1), "flora.project");
     return low;
   }
 
@@ -173,12 +176,14 @@ class flora_projector {
     if (!has_basis_) throw value_error("flora: project_back before the first refresh");
     matrix<T> P = has_scratch_ && scratch_seed_ == seed_ ? std::move(scratch_) : matrix_for(seed_);
     drop_scratch();
+    // The scale rides in the product's alpha.
     matrix<T> full;
     if (left_)
-      full.noalias() = P * low;
+      peft::detail::gemm_into<T>(full, trans::n, trans::n, P, low, T(o_.scale),
+                                 "flora.project_back");
     else
-      full.noalias() = low * P.transpose();
-    if (o_.scale != 1) full *= T(o_.scale);
+      peft::detail::gemm_into<T>(full, trans::n, trans::t, low, P, T(o_.scale),
+                                 "flora.project_back");
     return full;
   }
 
@@ -193,9 +198,9 @@ class flora_projector {
     drop_scratch();
     const T a = alpha * T(o_.scale);
     if (left_)
-      W.noalias() += (a * P) * low;
+      peft::detail::gemm<T>(trans::n, trans::n, a, P, low, T(1), W, "flora.project_back_add");
     else
-      W.noalias() += (a * low) * P.transpose();
+      peft::detail::gemm<T>(trans::n, trans::t, a, low, P, T(1), W, "flora.project_back_add");
   }
 
   std::pair<std::size_t, std::size_t> low_shape(std::size_t rows, std::size_t cols) const {
@@ -227,6 +232,8 @@ class flora_projector {
   }
 
  private:
+  using trans = peft::detail::trans;
+
   void drop_scratch() {
     has_scratch_ = false;
     scratch_.resize(0, 0);

@@ -164,11 +164,13 @@ class galore_projector {
     const auto ls = low_shape(rows_, cols_);
     check("transfer", m.rows(), m.cols(), ls.first, ls.second);
     if (P_old_.size() != 0) {
-      const matrix<T> R = peft::detail::gemm_new<T>(trans::t, trans::n, P_, P_old_, T(1), "galore.transfer");  // [r, r]
+      const matrix<T> R = peft::detail::gemm_new<T>(trans::t, trans::n, P_, P_old_, T(1),
+                                                    "galore.transfer");  // [r, r]
       m = peft::detail::gemm_new<T>(trans::n, trans::n, R, m, T(1), "galore.transfer");
     }
     if (Q_old_.size() != 0) {
-      const matrix<T> R = peft::detail::gemm_new<T>(trans::t, trans::n, Q_old_, Q_, T(1), "galore.transfer");
+      const matrix<T> R =
+          peft::detail::gemm_new<T>(trans::t, trans::n, Q_old_, Q_, T(1), "galore.transfer");
       m = peft::detail::gemm_new<T>(trans::n, trans::n, m, R, T(1), "galore.transfer");
     }
   }
@@ -179,10 +181,15 @@ class galore_projector {
     release_old();
     matrix<T> low;
     switch (side_) {
-      case projection_side::left: peft::detail::gemm_into<T>(low, trans::t, trans::n, P_, G, T(1), "galore.project"); break;
-      case projection_side::right: peft::detail::gemm_into<T>(low, trans::n, trans::n, G, Q_, T(1), "galore.project"); break;
+      case projection_side::left:
+        peft::detail::gemm_into<T>(low, trans::t, trans::n, P_, G, T(1), "galore.project");
+        break;
+      case projection_side::right:
+        peft::detail::gemm_into<T>(low, trans::n, trans::n, G, Q_, T(1), "galore.project");
+        break;
       case projection_side::both: {
-        const matrix<T> t = peft::detail::gemm_new<T>(trans::t, trans::n, P_, G, T(1), "galore.project");
+        const matrix<T> t =
+            peft::detail::gemm_new<T>(trans::t, trans::n, P_, G, T(1), "galore.project");
         peft::detail::gemm_into<T>(low, trans::n, trans::n, t, Q_, T(1), "galore.project");
         break;
       }
@@ -205,7 +212,8 @@ class galore_projector {
         peft::detail::gemm_into<T>(full, trans::n, trans::t, low, Q_, sc, "galore.project_back");
         break;
       case projection_side::both: {
-        const matrix<T> t = peft::detail::gemm_new<T>(trans::n, trans::n, P_, low, T(1), "galore.project_back");
+        const matrix<T> t =
+            peft::detail::gemm_new<T>(trans::n, trans::n, P_, low, T(1), "galore.project_back");
         peft::detail::gemm_into<T>(full, trans::n, trans::t, t, Q_, sc, "galore.project_back");
         break;
       }
