@@ -8,7 +8,9 @@ set -euo pipefail
 packages=(
   # toolchain and libraries
   build-essential cmake libeigen3-dev xtensor-dev xtl-dev libxsimd-dev catch2 libbenchmark-dev
-  nlohmann-json3-dev libcli11-dev zlib1g-dev libopenblas-dev gnuplot-nox
+  nlohmann-json3-dev libcli11-dev zlib1g-dev libopenblas-dev libdnnl-dev gnuplot-nox
+  # GNU time: peak RSS in scripts/compile_cost.sh
+  time
   # fuzzing (scripts/fuzz_smoke.sh): clang and its libFuzzer/sanitizer runtimes, which clang-14
   # only recommends (libclang-common-14-dev -> Recommends: libclang-rt-14-dev)
   clang libclang-rt-14-dev

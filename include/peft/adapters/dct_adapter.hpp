@@ -26,6 +26,7 @@
 #include "peft/adapters/adapter.hpp"
 #include "peft/core/random.hpp"
 #include "peft/detail/dct.hpp"
+#include "peft/detail/gemm.hpp"
 #include "peft/detail/sparse_spectrum.hpp"
 
 namespace peft {
@@ -81,12 +82,13 @@ class dct_adapter : public adapter<T> {
 
   // ctx.m[0] = Pᵀ = D_V·xᵀ [|V|, N].
   void forward_delta(matrix_cref<T> x, matrix_ref<T> y, adapter_ctx<T>& ctx, bool) override {
+    using detail::trans;
     ctx.m.resize(1);
-    ctx.m[0].noalias() = Dv_ * x.transpose();
+    detail::gemm_into<T>(ctx.m[0], trans::n, trans::t, Dv_, x, T(1), "dct_adapter.forward");
     matrix<T> Z = matrix<T>::Zero(Du_.rows(), x.rows());
     detail::scatter_coefficients(Z, ctx.m[0], dct_spectrum.value().data(), pos_);
-    Z *= T(cfg_.scaling);
-    y.noalias() += Z.transpose() * Du_;
+    // y += s·Zᵀ·D_U (s rides in alpha)
+    detail::gemm<T>(trans::t, trans::n, T(cfg_.scaling), Z, Du_, T(1), y, "dct_adapter.forward");
   }
 
   // G = D_U·dyᵀ [|U|, N]: dc_k = s·<G_u, P_v>, dPᵀ_v += s·c_k·G_u, dx += dPᵀᵀ·D_V.
@@ -94,8 +96,10 @@ class dct_adapter : public adapter<T> {
                       matrix_ref<T>* dx) override {
     auto* gc = detail::grad_target(dct_spectrum);
     if (!gc && !dx) return;
+    using detail::trans;
     const T s = T(cfg_.scaling);
-    const matrix<T> G = Du_ * dy.transpose();
+    const matrix<T> G =
+        detail::gemm_new<T>(trans::n, trans::t, Du_, dy, T(1), "dct_adapter.backward");
     T* dc = gc ? gc->data() : nullptr;
     if (!dx) {
       detail::scatter_coefficients_backward<T>(G, ctx.m[0], dct_spectrum.value().data(), s, pos_, dc,
@@ -104,17 +108,20 @@ class dct_adapter : public adapter<T> {
     }
     matrix<T> dP = matrix<T>::Zero(Dv_.rows(), dy.rows());
     detail::scatter_coefficients_backward<T>(G, ctx.m[0], dct_spectrum.value().data(), s, pos_, dc, &dP);
-    dx->noalias() += dP.transpose() * Dv_;
+    detail::gemm<T>(trans::t, trans::n, T(1), dP, Dv_, T(1), *dx, "dct_adapter.backward");
   }
 
   matrix<T> delta_weight(matrix_cref<T>) const override {
-    return Du_.transpose() * (T(cfg_.scaling) *
-                              detail::coefficient_matrix(dct_spectrum.value().data(), pos_) * Dv_);
+    using detail::trans;
+    const matrix<T> M = detail::coefficient_matrix(dct_spectrum.value().data(), pos_);
+    const matrix<T> MD = detail::gemm_new<T>(trans::n, trans::n, M, Dv_, T(cfg_.scaling));
+    return detail::gemm_new<T>(trans::t, trans::n, Du_, MD);
   }
 
   // ΔW = (s·D_Uᵀ·M)·D_V: inner dimension |V|.
   bool factors(matrix<T>& Bf, matrix<T>& Af) const override {
-    Bf = Du_.transpose() * (T(cfg_.scaling) * detail::coefficient_matrix(dct_spectrum.value().data(), pos_));
+    const matrix<T> M = detail::coefficient_matrix(dct_spectrum.value().data(), pos_);
+    detail::gemm_into<T>(Bf, detail::trans::t, detail::trans::n, Du_, M, T(cfg_.scaling));
     Af = Dv_;
     return true;
   }

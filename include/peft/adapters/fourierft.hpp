@@ -32,6 +32,7 @@
 
 #include "peft/adapters/adapter.hpp"
 #include "peft/core/random.hpp"
+#include "peft/detail/gemm.hpp"
 #include "peft/detail/sparse_spectrum.hpp"
 
 namespace peft {
@@ -124,18 +125,18 @@ class fourierft : public adapter<T> {
   // ctx.m[0] = Pᵀ = C_V·xᵀ [|V|, N], ctx.m[1] = Qᵀ = S_V·xᵀ [|V|, N].
   void forward_delta(matrix_cref<T> x, matrix_ref<T> y, adapter_ctx<T>& ctx, bool) override {
     const T* c = fourierft_spectrum.value().data();
+    using detail::trans;
     const T s = T(effective_scaling());
     ctx.m.resize(2);
-    ctx.m[0].noalias() = Cv_ * x.transpose();
-    ctx.m[1].noalias() = Sv_ * x.transpose();
+    detail::gemm_into<T>(ctx.m[0], trans::n, trans::t, Cv_, x, T(1), "fourierft.forward");
+    detail::gemm_into<T>(ctx.m[1], trans::n, trans::t, Sv_, x, T(1), "fourierft.forward");
     matrix<T> Zc = matrix<T>::Zero(Cu_.rows(), x.rows());
     matrix<T> Zs = matrix<T>::Zero(Cu_.rows(), x.rows());
     detail::scatter_coefficients(Zc, ctx.m[0], c, pos_);
     detail::scatter_coefficients(Zs, ctx.m[1], c, pos_);
-    Zc *= s;
-    Zs *= s;
-    y.noalias() += Zc.transpose() * Cu_;
-    y.noalias() -= Zs.transpose() * Su_;
+    // y += s·Zcᵀ·C_U − s·Zsᵀ·S_U (s rides in alpha)
+    detail::gemm<T>(trans::t, trans::n, s, Zc, Cu_, T(1), y, "fourierft.forward");
+    detail::gemm<T>(trans::t, trans::n, T(-s), Zs, Su_, T(1), y, "fourierft.forward");
   }
 
   // With Gc = C_U·dyᵀ, Gs = S_U·dyᵀ [|U|, N]: dL/dZc = s·Gc, dL/dZs = −s·Gs, so
@@ -146,9 +147,12 @@ class fourierft : public adapter<T> {
     auto* gc = detail::grad_target(fourierft_spectrum);
     if (!gc && !dx) return;
     const T* c = fourierft_spectrum.value().data();
+    using detail::trans;
     const T s = T(effective_scaling());
-    const matrix<T> Gc = Cu_ * dy.transpose();
-    const matrix<T> Gs = Su_ * dy.transpose();
+    const matrix<T> Gc =
+        detail::gemm_new<T>(trans::n, trans::t, Cu_, dy, T(1), "fourierft.backward");
+    const matrix<T> Gs =
+        detail::gemm_new<T>(trans::n, trans::t, Su_, dy, T(1), "fourierft.backward");
     T* dc = gc ? gc->data() : nullptr;
     if (!dx) {
       detail::scatter_coefficients_backward<T>(Gc, ctx.m[0], c, s, pos_, dc, nullptr);
@@ -159,15 +163,20 @@ class fourierft : public adapter<T> {
     matrix<T> dQ = matrix<T>::Zero(Cv_.rows(), dy.rows());
     detail::scatter_coefficients_backward<T>(Gc, ctx.m[0], c, s, pos_, dc, &dP);
     detail::scatter_coefficients_backward<T>(Gs, ctx.m[1], c, T(-s), pos_, dc, &dQ);
-    dx->noalias() += dP.transpose() * Cv_;
-    dx->noalias() += dQ.transpose() * Sv_;
+    detail::gemm<T>(trans::t, trans::n, T(1), dP, Cv_, T(1), *dx, "fourierft.backward");
+    detail::gemm<T>(trans::t, trans::n, T(1), dQ, Sv_, T(1), *dx, "fourierft.backward");
   }
 
   // ΔW = s·(C_Uᵀ·M·C_V − S_Uᵀ·M·S_V), M the coefficients on the distinct frequencies.
   matrix<T> delta_weight(matrix_cref<T>) const override {
     const matrix<T> M = T(effective_scaling()) *
                         detail::coefficient_matrix(fourierft_spectrum.value().data(), pos_);
-    return Cu_.transpose() * (M * Cv_) - Su_.transpose() * (M * Sv_);
+    using detail::trans;
+    const matrix<T> MC = detail::gemm_new<T>(trans::n, trans::n, M, Cv_);
+    const matrix<T> MS = detail::gemm_new<T>(trans::n, trans::n, M, Sv_);
+    matrix<T> d = detail::gemm_new<T>(trans::t, trans::n, Cu_, MC);
+    detail::gemm<T>(trans::t, trans::n, T(-1), Su_, MS, T(1), d);
+    return d;
   }
 
   // ΔW = [s·C_Uᵀ·M, −s·S_Uᵀ·M] · [C_V; S_V]: inner dimension 2·|V|.
@@ -175,8 +184,9 @@ class fourierft : public adapter<T> {
     const matrix<T> M = T(effective_scaling()) *
                         detail::coefficient_matrix(fourierft_spectrum.value().data(), pos_);
     Bf.resize(Eigen::Index(this->out_features()), 2 * Cv_.rows());
-    Bf.leftCols(Cv_.rows()).noalias() = Cu_.transpose() * M;
-    Bf.rightCols(Cv_.rows()).noalias() = -(Su_.transpose() * M);
+    using detail::trans;
+    detail::gemm<T>(trans::t, trans::n, T(1), Cu_, M, T(0), Bf.leftCols(Cv_.rows()));
+    detail::gemm<T>(trans::t, trans::n, T(-1), Su_, M, T(0), Bf.rightCols(Cv_.rows()));
     Af.resize(2 * Cv_.rows(), Eigen::Index(this->in_features()));
     Af.topRows(Cv_.rows()) = Cv_;
     Af.bottomRows(Cv_.rows()) = Sv_;

@@ -22,6 +22,7 @@
 #include "peft/adapters/adapted_linear.hpp"
 #include "peft/adapters/lora.hpp"
 #include "peft/nn/linear.hpp"
+#include "peft/detail/format.hpp"
 
 namespace peft {
 
@@ -206,14 +207,10 @@ parameter_counts count_parameters(const nn::module<T>& model) {
 template <class T>
 std::string trainable_parameters_summary(const nn::module<T>& model) {
   const auto c = count_parameters(model);
-  auto group = [](std::size_t n) {
-    std::string s = std::to_string(n);
-    for (int i = int(s.size()) - 3; i > 0; i -= 3) s.insert(std::size_t(i), ",");
-    return s;
-  };
+  using detail::group_digits;
   char pct[32];
   std::snprintf(pct, sizeof pct, "%.4f", c.percent());
-  return "trainable params: " + group(c.trainable) + " || all params: " + group(c.total) +
+  return "trainable params: " + group_digits(c.trainable) + " || all params: " + group_digits(c.total) +
          " || trainable%: " + pct;
 }
 

@@ -107,7 +107,8 @@ class lora : public adapter<T> {
       detail::gemm<T>(trans::t, trans::n, s, dy, xa, T(1), as_matrix(*gB), "lora.backward");
     auto* gA = detail::grad_target(lora_A);
     if (!gA && !dx) return;
-    const matrix<T> t = detail::gemm_new<T>(trans::n, trans::n, dy, B, s, "lora.backward");  // [N, r]
+    const matrix<T> t =
+        detail::gemm_new<T>(trans::n, trans::n, dy, B, s, "lora.backward");  // [N, r]
     if (gA) {
       if (mask.size()) {
         const matrix<T> xd = (x.array() * mask.array()).matrix();

@@ -31,6 +31,7 @@
 
 #include "peft/adapters/adapter.hpp"
 #include "peft/core/random.hpp"
+#include "peft/detail/gemm.hpp"
 #include "peft/detail/mixed_low_rank.hpp"
 #include "peft/init/policy.hpp"
 
@@ -146,12 +147,15 @@ class lora_xs : public adapter<T> {
   }
 
   matrix<T> delta_weight(matrix_cref<T>) const override {
-    return (T(scaling()) * as_matrix(lora_B.value()) * as_matrix(lora_R.value())) *
-           as_matrix(lora_A.value());
+    using detail::trans;
+    const matrix<T> BM = detail::gemm_new<T>(trans::n, trans::n, as_matrix(lora_B.value()),
+                                             as_matrix(lora_R.value()), T(scaling()));  // [out, r]
+    return detail::gemm_new<T>(trans::n, trans::n, BM, as_matrix(lora_A.value()));
   }
 
   bool factors(matrix<T>& Bf, matrix<T>& Af) const override {
-    Bf = T(scaling()) * (as_matrix(lora_B.value()) * as_matrix(lora_R.value()));
+    detail::gemm_into<T>(Bf, detail::trans::n, detail::trans::n, as_matrix(lora_B.value()),
+                         as_matrix(lora_R.value()), T(scaling()));
     Af = as_matrix(lora_A.value());
     return true;
   }

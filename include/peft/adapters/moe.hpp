@@ -18,6 +18,7 @@
 
 #include "peft/adapters/adapter.hpp"
 #include "peft/core/random.hpp"
+#include "peft/detail/gemm.hpp"
 
 namespace peft {
 
@@ -90,7 +91,8 @@ class moe : public adapter<T> {
     ctx.sub.assign(E, adapter_ctx<T>());
     ctx.v.assign(E, vector<T>());
     matrix<T>& p = ctx.m[0];
-    p.noalias() = x * R.transpose();  // logits [N, E]
+    // logits [N, E]
+    detail::gemm_into<T>(p, detail::trans::n, detail::trans::t, x, R, T(1), "moe.forward");
     if (training && cfg_.noise_std > 0)
       for (Eigen::Index i = 0; i < p.size(); ++i) p.data()[i] += T(noise_rng_.normal(0, cfg_.noise_std));
     for (Eigen::Index i = 0; i < N; ++i) {  // row-wise stable softmax
@@ -218,8 +220,13 @@ class moe : public adapter<T> {
   void router_backward(const matrix<T>& dp, const matrix<T>& p, matrix_cref<T> x, matrix_ref<T>* dx) {
     const vector<T> inner = (dp.array() * p.array()).rowwise().sum();
     const matrix<T> dlogits = (p.array() * (dp.colwise() - inner).array()).matrix();
-    if (auto* gR = detail::grad_target(router)) as_matrix(*gR).noalias() += dlogits.transpose() * x;
-    if (dx) dx->noalias() += dlogits * as_matrix(router.value());
+    using detail::trans;
+    if (auto* gR = detail::grad_target(router))
+      detail::gemm<T>(trans::t, trans::n, T(1), dlogits, x, T(1), as_matrix(*gR),
+                      "moe.router_backward");
+    if (dx)
+      detail::gemm<T>(trans::n, trans::n, T(1), dlogits, as_matrix(router.value()), T(1), *dx,
+                      "moe.router_backward");
   }
 
   moe_config cfg_;

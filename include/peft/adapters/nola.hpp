@@ -27,6 +27,7 @@
 
 #include "peft/adapters/adapter.hpp"
 #include "peft/core/random.hpp"
+#include "peft/detail/gemm.hpp"
 
 namespace peft {
 
@@ -111,6 +112,7 @@ class nola : public adapter<T> {
   // m[2] = A [r, in]; m[3] = B [out, r] (combined once per forward, reused by backward).
   void forward_delta(matrix_cref<T> x, matrix_ref<T> y, adapter_ctx<T>& ctx,
                      bool training) override {
+    using detail::trans;
     ctx.m.resize(4);
     ctx.m[2] = combined_A();
     ctx.m[3] = combined_B();
@@ -123,48 +125,56 @@ class nola : public adapter<T> {
       T* mp = mask.data();
       for (Eigen::Index i = 0; i < mask.size(); ++i)
         mp[i] = drop_rng_.uniform() < cfg_.dropout ? T(0) : keep;
-      ctx.m[0].noalias() = (x.array() * mask.array()).matrix() * A.transpose();
+      const matrix<T> xd = (x.array() * mask.array()).matrix();
+      detail::gemm_into<T>(ctx.m[0], trans::n, trans::t, xd, A, T(1), "nola.forward");
     } else {
       ctx.m[1].resize(0, 0);
-      ctx.m[0].noalias() = x * A.transpose();
+      detail::gemm_into<T>(ctx.m[0], trans::n, trans::t, x, A, T(1), "nola.forward");
     }
-    y.noalias() += (T(scaling()) * ctx.m[0]) * B.transpose();
+    detail::gemm<T>(trans::n, trans::t, T(scaling()), ctx.m[0], B, T(1), y, "nola.forward");
   }
 
   // dB = s·dyᵀ·xa, dA = s·(dy·B)ᵀ·x_d (as LoRA), then dβ_j = ⟨dB, B_j⟩, dα_i = ⟨dA, A_i⟩;
   // dx += s·(dy·B)·A ⊙ mask.
   void backward_delta(matrix_cref<T> dy, matrix_cref<T> x, const adapter_ctx<T>& ctx,
                       matrix_ref<T>* dx) override {
+    using detail::trans;
     const T s = T(scaling());
     const matrix<T>& xa = ctx.m[0];
     const matrix<T>& mask = ctx.m[1];
     const matrix<T>& A = ctx.m[2];
     const matrix<T>& B = ctx.m[3];
     if (auto* gb = detail::grad_target(nola_beta)) {
-      const matrix<T> dB = s * (dy.transpose() * xa);
+      const matrix<T> dB = detail::gemm_new<T>(trans::t, trans::n, dy, xa, s, "nola.backward");
       project(dB, bases_B_, cfg_.num_basis_B, false, as_vector(*gb));
     }
     auto* ga = detail::grad_target(nola_alpha);
     if (!ga && !dx) return;
-    const matrix<T> t = s * (dy * B);  // [N, r]
+    const matrix<T> t =
+        detail::gemm_new<T>(trans::n, trans::n, dy, B, s, "nola.backward");  // [N, r]
     if (ga) {
       matrix<T> dA;
-      if (mask.size())
-        dA.noalias() = t.transpose() * (x.array() * mask.array()).matrix();
-      else
-        dA.noalias() = t.transpose() * x;
+      if (mask.size()) {
+        const matrix<T> xd = (x.array() * mask.array()).matrix();
+        detail::gemm_into<T>(dA, trans::t, trans::n, t, xd, T(1), "nola.backward");
+      } else {
+        detail::gemm_into<T>(dA, trans::t, trans::n, t, x, T(1), "nola.backward");
+      }
       project(dA, bases_A_, cfg_.num_basis_A, true, as_vector(*ga));
     }
     if (dx) {
-      if (mask.size())
-        dx->array() += (t * A).array() * mask.array();
-      else
-        dx->noalias() += t * A;
+      if (mask.size()) {
+        const matrix<T> tA = detail::gemm_new<T>(trans::n, trans::n, t, A, T(1), "nola.backward");
+        dx->array() += tA.array() * mask.array();
+      } else {
+        detail::gemm<T>(trans::n, trans::n, T(1), t, A, T(1), *dx, "nola.backward");
+      }
     }
   }
 
   matrix<T> delta_weight(matrix_cref<T>) const override {
-    return T(scaling()) * (combined_B() * combined_A());
+    return detail::gemm_new<T>(detail::trans::n, detail::trans::n, combined_B(), combined_A(),
+                               T(scaling()));
   }
 
   bool factors(matrix<T>& Bf, matrix<T>& Af) const override {
@@ -200,7 +210,10 @@ class nola : public adapter<T> {
                matrix<T>& out) const {
     auto o = Eigen::Map<vector<T>>(out.data(), out.size());
     if (cached()) {
-      o.noalias() = as_matrix(cache).transpose() * c;  // [n, k]·[k]
+      // c and o seen as [k, 1] and [n, 1] row-major matrices (no copy).
+      detail::gemm<T>(detail::trans::t, detail::trans::n, T(1), as_matrix(cache),
+                      const_matrix_map<T>(c.data(), c.size(), 1), T(0),
+                      matrix_map<T>(out.data(), out.size(), 1), "nola.combine");  // [n, k]·[k]
       return;
     }
     o.setZero();
@@ -218,7 +231,9 @@ class nola : public adapter<T> {
                vector_map<T> g) const {
     const auto dv = Eigen::Map<const vector<T>>(d.data(), d.size());
     if (cached()) {
-      g.noalias() += as_matrix(cache) * dv;
+      detail::gemm<T>(detail::trans::n, detail::trans::n, T(1), as_matrix(cache),
+                      const_matrix_map<T>(d.data(), d.size(), 1), T(1),
+                      matrix_map<T>(g.data(), g.size(), 1), "nola.project");  // [k, n]·[n]
       return;
     }
     vector<T> scratch(d.size());

@@ -433,8 +433,8 @@ class randlora : public adapter<T> {
     const Eigen::Index n = Eigen::Index(n_);
     const auto A = A_block();
     for (std::size_t k = 0; k < cfg_.r; ++k) {
-      const matrix<T> t =
-          detail::gemm_new<T>(trans::t, trans::n, G.middleCols(Eigen::Index(k) * n, n), v);  // [n, min_dim]
+      const auto Gk = G.middleCols(Eigen::Index(k) * n, n);                  // [N, n]
+      const matrix<T> t = detail::gemm_new<T>(trans::t, trans::n, Gk, v);  // [n, min_dim]
       dG.array() += t.array().rowwise() * A.row(Eigen::Index(k)).array();
     }
   }

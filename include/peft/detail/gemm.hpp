@@ -8,7 +8,8 @@
 //   - a program that links peft::compiled instantiates no GEMM kernel at all (PEFT_COMPILED_LIB:
 //     only the declarations below are seen), and a header-only one instantiates four per scalar
 //     type, not one per product expression.
-// β = 0 ignores C's contents (NaN-safe, as BLAS). Results are the same bits from run to run at a
+// β = 0 ignores C's contents (NaN-safe, as BLAS). C must not alias A or B (as Eigen's noalias();
+// gemm_into resizes C before reading A and B). Results are the same bits from run to run at a
 // fixed thread count. Only the declarations live here: no kernel is instantiated by including it.
 #include <cstddef>
 
