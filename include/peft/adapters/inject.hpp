@@ -21,8 +21,8 @@
 
 #include "peft/adapters/adapted_linear.hpp"
 #include "peft/adapters/lora.hpp"
-#include "peft/nn/linear.hpp"
 #include "peft/detail/format.hpp"
+#include "peft/nn/linear.hpp"
 
 namespace peft {
 
