@@ -3,7 +3,7 @@
 // symmetric eigen-decomposition, Cholesky). They are by far the most expensive templates to compile
 // (tens of seconds each per scalar type), so every caller goes through these few functions. With
 // peft::compiled (PEFT_COMPILED_LIB, core/config.hpp) they are only declared here and compiled
-// once, in src/linalg.cpp; header-only programs instantiate them where they are used.
+// once, in src/linalg_*.cpp; header-only programs instantiate them where they are used.
 #include <Eigen/Core>
 #include <algorithm>
 

@@ -356,4 +356,24 @@ svd_result<T> randomized_svd(matrix_cref<T> G, std::size_t r, std::size_t niter,
   return randomized_svd<T>(G, r, niter, g, o);
 }
 
+// With peft::compiled these are compiled once (src/linalg_*.cpp): a TU that calls them instantiates
+// none of the sketching, orthonormalisation or decomposition code.
+#define PEFT_DETAIL_SVD(prefix, T)                                                                \
+  prefix matrix<T> orthonormal_basis<T>(const matrix<T>&);                                        \
+  prefix bool orthonormalize_in_place<T, Eigen::RowMajor>(matrix<T>&, matrix<T>*);                \
+  prefix bool orthonormalize_in_place<T, Eigen::ColMajor>(col_matrix<T>&, matrix<T>*);            \
+  prefix bool span_basis_in_place<T, Eigen::RowMajor>(matrix<T>&);                                \
+  prefix bool span_basis_in_place<T, Eigen::ColMajor>(col_matrix<T>&);                            \
+  prefix orthonormalize_result<T> orthonormalize<T>(matrix_cref<T>, bool);                        \
+  prefix svd_result<T> truncated_svd<T>(matrix_cref<T>, std::size_t, bool);                       \
+  prefix svd_result<T> svd_of_projection<T>(col_matrix<T>&, Eigen::Index, bool, bool);            \
+  prefix svd_result<T> randomized_svd<T>(matrix_cref<T>, std::size_t, std::size_t, rng&,          \
+                                         const rsvd_options&);                                    \
+  prefix svd_result<T> randomized_svd<T>(matrix_cref<T>, std::size_t, std::size_t, rng&,          \
+                                         std::size_t);
+#if defined(PEFT_COMPILED_LIB)
+PEFT_DETAIL_SVD(extern template, float)
+PEFT_DETAIL_SVD(extern template, double)
+#endif
+
 }  // namespace peft::detail

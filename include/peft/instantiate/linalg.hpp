@@ -1,6 +1,7 @@
 #pragma once
 // Explicit instantiation definitions of detail/decompositions.hpp and detail/svd.hpp (float,
-// double). Included by src/linalg.cpp and peft/instantiate.hpp only.
+// double). Included by peft/instantiate.hpp (src/linalg_float.cpp and linalg_double.cpp hold the
+// same, one scalar type each).
 #include "peft/detail/decompositions.hpp"
 #include "peft/detail/svd.hpp"
 
@@ -11,4 +12,6 @@
 namespace peft::detail {
 PEFT_DETAIL_DECOMPOSITIONS(template, float)
 PEFT_DETAIL_DECOMPOSITIONS(template, double)
+PEFT_DETAIL_SVD(template, float)
+PEFT_DETAIL_SVD(template, double)
 }  // namespace peft::detail
