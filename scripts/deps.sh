@@ -7,7 +7,7 @@ set -euo pipefail
 
 packages=(
   # toolchain and libraries
-  build-essential cmake libeigen3-dev xtensor-dev xtl-dev libxsimd-dev catch2 libbenchmark-dev
+  build-essential cmake ninja-build libeigen3-dev xtensor-dev xtl-dev libxsimd-dev catch2 libbenchmark-dev
   nlohmann-json3-dev libcli11-dev zlib1g-dev libopenblas-dev libdnnl-dev gnuplot-nox
   # GNU time: peak RSS in scripts/compile_cost.sh
   time

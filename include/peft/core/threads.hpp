@@ -9,7 +9,7 @@
 //                    (OpenBLAS, MKL and BLIS are recognised at link time; another BLAS keeps its
 //                    own setting, e.g. from its environment variable).
 // num_threads() is the count the library's own OpenMP loops use (batched products, see
-// autograd/ops/matmul.hpp) in both builds.
+// detail::gemm_batched in detail/gemm_impl.hpp) in both builds.
 #include <Eigen/Core>
 #include <string>
 

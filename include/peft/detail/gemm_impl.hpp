@@ -81,6 +81,7 @@ void gemm_batched(trans ta, trans tb, gemm_index m, gemm_index n, gemm_index k, 
                   const T* a, gemm_index lda, gemm_index stride_a, const T* b, gemm_index ldb,
                   gemm_index stride_b, T beta, T* c, gemm_index ldc, gemm_index stride_c,
                   gemm_index batch) {
+  if (m == 0 || n == 0 || batch <= 0) return;
   if (batch > 1 && stride_c == 0)
     throw value_error("gemm_batched: stride_c = 0 with " + std::to_string(batch) +
                       " batches (the products would race on one C)");
