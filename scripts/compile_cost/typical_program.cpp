@@ -8,6 +8,9 @@
 #include <memory>
 
 using namespace peft;
+using peft::io::load_peft_adapter;
+using peft::io::make_adapter_config;
+using peft::io::save_peft_adapter;
 
 namespace {
 

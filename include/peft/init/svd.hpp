@@ -75,17 +75,19 @@ void init_subtract_scaled(tensor<T>& W, const tensor<T>& B, const tensor<T>& A, 
 }
 
 // Truncated SVD of M (r triplets), exact or randomized. Randomized only finds the largest ones.
-inline svd_result<double> init_svd(const matrix<double>& M, std::size_t r, init::svd_kind kind,
-                                   std::size_t niter, std::size_t oversample, rng& g,
-                                   bool largest = true) {
+// (A template although only double is used: non-template code here would instantiate the
+// randomized SVD in every TU that includes an init header, used or not.)
+template <class T>
+svd_result<T> init_svd(const matrix<T>& M, std::size_t r, init::svd_kind kind, std::size_t niter,
+                       std::size_t oversample, rng& g, bool largest = true) {
   if (kind == init::svd_kind::randomized) {
     if (!largest)
       throw value_error(
           "svd init: the randomized SVD finds the largest singular triplets only; "
           "use svd_kind::exact for the smallest");
-    return randomized_svd<double>(M, r, niter, g, oversample);
+    return randomized_svd<T>(M, r, niter, g, oversample);
   }
-  return truncated_svd<double>(M, r, largest);
+  return truncated_svd<T>(M, r, largest);
 }
 
 // PiSSA-style factors of an SVD: S ← S / s, A = √S·Vᵀ, B = U·√S (rounded to T).
