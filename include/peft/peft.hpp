@@ -1,7 +1,8 @@
 #pragma once
-// peft.cpp: header-only parameter-efficient fine-tuning. This umbrella includes every module
-// (dist/ is separate: it needs MPI); include a single header (e.g. peft/adapters/lora.hpp) to
-// compile less.
+// peft.cpp: parameter-efficient fine-tuning. This umbrella includes what most programs use: core,
+// autograd, nn, init, adapters, optim and io. Merging (peft/merge/merge.hpp), serving many adapters
+// (peft/serve/serve.hpp) and data-parallel training (peft/dist/dist.hpp, needs MPI) are included
+// on their own; a single header (e.g. peft/adapters/lora.hpp) compiles less still.
 #include "peft/version.hpp"
 
 #include "peft/core/core.hpp"
@@ -11,5 +12,3 @@
 #include "peft/adapters/adapters.hpp"
 #include "peft/optim/optim.hpp"
 #include "peft/io/io.hpp"
-#include "peft/merge/merge.hpp"
-#include "peft/serve/serve.hpp"
