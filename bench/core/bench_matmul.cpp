@@ -1,6 +1,9 @@
 // GEMM throughput of peft's matmul path (the autograd op on constant variables, so no tape is
-// recorded) against Eigen's own GEMM on raw maps: the difference is what peft's wrapping
-// costs (shape checks, allocation of the output tensor, the variable handle).
+// recorded), of the GEMM entry point (detail::gemm, whichever backend PEFT_GEMM compiled in), of
+// Eigen's own GEMM on raw maps (what a default build without a backend gets), and of oneDNN's
+// sgemm called directly when it is found (PEFT_BENCH_HAVE_DNNL): one binary, so the ratios come
+// from one run. BM_Matmul vs BM_Gemm is what peft's wrapping costs (shape checks, allocation of
+// the output tensor, the variable handle).
 //
 //   ./bench_core_matmul --benchmark_filter='n:1024'
 //
@@ -19,6 +22,12 @@
 #include "peft/core/random.hpp"
 #include "peft/core/tensor.hpp"
 #include "peft/core/threads.hpp"
+#include "peft/detail/gemm.hpp"
+
+#if defined(PEFT_BENCH_HAVE_DNNL)
+#include <oneapi/dnnl/dnnl.h>
+#include <omp.h>
+#endif
 
 namespace {
 
@@ -61,6 +70,43 @@ void BM_EigenGemm(benchmark::State& state) {
   set_flops(state, std::int64_t(n));
 }
 
+// The entry point every product of the library goes through; the backend is in the label.
+void BM_Gemm(benchmark::State& state) {
+  const auto n = std::ptrdiff_t(state.range(0));
+  peft::set_num_threads(int(state.range(1)));
+  peft::rng g(1);
+  std::vector<float> a(std::size_t(n * n)), b(std::size_t(n * n)), c(std::size_t(n * n));
+  for (auto& v : a) v = float(g.normal());
+  for (auto& v : b) v = float(g.normal());
+  using peft::detail::trans;
+  for (auto _ : state) {
+    peft::detail::gemm<float>(trans::n, trans::n, n, n, n, 1.f, a.data(), n, b.data(), n, 0.f,
+                              c.data(), n);
+    benchmark::DoNotOptimize(c.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetLabel(peft::detail::gemm_backend());
+  set_flops(state, std::int64_t(n));
+}
+
+#if defined(PEFT_BENCH_HAVE_DNNL)
+// oneDNN's sgemm called directly (row-major), its threads set through OpenMP.
+void BM_DnnlSgemm(benchmark::State& state) {
+  const auto n = dnnl_dim_t(state.range(0));
+  omp_set_num_threads(int(state.range(1)));
+  peft::rng g(1);
+  std::vector<float> a(std::size_t(n * n)), b(std::size_t(n * n)), c(std::size_t(n * n));
+  for (auto& v : a) v = float(g.normal());
+  for (auto& v : b) v = float(g.normal());
+  for (auto _ : state) {
+    dnnl_sgemm('N', 'N', n, n, n, 1.f, a.data(), n, b.data(), n, 0.f, c.data(), n);
+    benchmark::DoNotOptimize(c.data());
+    benchmark::ClobberMemory();
+  }
+  set_flops(state, std::int64_t(n));
+}
+#endif
+
 void matmul_args(benchmark::internal::Benchmark* b) {
   b->ArgNames({"n", "threads"});
   for (std::int64_t n : {256, 1024, 4096})
@@ -71,6 +117,10 @@ void matmul_args(benchmark::internal::Benchmark* b) {
 }  // namespace
 
 BENCHMARK(BM_Matmul)->Apply(matmul_args);
+BENCHMARK(BM_Gemm)->Apply(matmul_args);
 BENCHMARK(BM_EigenGemm)->Apply(matmul_args);
+#if defined(PEFT_BENCH_HAVE_DNNL)
+BENCHMARK(BM_DnnlSgemm)->Apply(matmul_args);
+#endif
 
 BENCHMARK_MAIN();

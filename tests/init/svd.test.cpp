@@ -175,7 +175,7 @@ TEST_CASE("SVD inits reject bad input", "[init][svd]") {
   REQUIRE_THROWS_WITH((lora<double>(6, 4, cfg, init::milora{})), Contains("milora"));
   // Randomized SVD cannot give the smallest triplets.
   rng g(1);
-  REQUIRE_THROWS_WITH(detail::init_svd(matrix<double>::Identity(4, 4), 2,
+  REQUIRE_THROWS_WITH(detail::init_svd<double>(matrix<double>::Identity(4, 4), 2,
                                        init::svd_kind::randomized, 2, 0, g, false),
                       Contains("smallest"));
 }

@@ -21,7 +21,8 @@
 #endif
 
 // Non-template functions that are defined out of line in compiled mode: `inline` when the
-// headers hold the definition for everyone, nothing when the compiled library defines it once.
+// headers hold the definition for everyone, nothing when the compiled library defines it once
+// (in the one src/<unit>.cpp that defines PEFT_UNIT_<UNIT>; peft/instantiate.hpp defines all).
 #if defined(PEFT_COMPILED_LIB)
 #define PEFT_INLINE
 #else

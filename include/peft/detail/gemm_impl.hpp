@@ -133,6 +133,9 @@ void gemm_into(matrix<T>& C, trans ta, trans tb, matrix_cref<T> A, matrix_cref<T
   gemm<T>(ta, tb, alpha, A, B, T(0), matrix_ref<T>(C), op);
 }
 
+// Non-template: defined in every header-only TU (inline), and in the compiled library only in
+// src/gemm.cpp (PEFT_UNIT_GEMM), so that it is defined once.
+#if !defined(PEFT_COMPILED_LIB) || defined(PEFT_UNIT_GEMM)
 PEFT_INLINE const char* gemm_backend() {
 #if defined(PEFT_GEMM_ONEDNN)
   return "onednn";
@@ -142,5 +145,6 @@ PEFT_INLINE const char* gemm_backend() {
   return "eigen";
 #endif
 }
+#endif
 
 }  // namespace peft::detail
