@@ -42,13 +42,13 @@ for c in "${cases[@]}"; do
   for m in "${modes[@]}"; do
     case "$m" in
       header-only) r=$(measure "${src[$c]}") ;;
-      compiled) r=$(measure "${src[$c]}" -DPEFT_COMPILED_LIB -DEIGEN_MAX_ALIGN_BYTES=64) ;;
+      compiled) r=$(measure "${src[$c]}" -DPEFT_COMPILED_LIB) ;;
       *) echo "unknown mode $m" >&2; exit 1 ;;
     esac
     read -r s mb <<< "$r"
     printf '%-10s %-12s %10s %10s\n' "$c" "$m" "$s" "$mb"
   done
 done
-r=$(measure "$work/instantiate.cpp" -DEIGEN_MAX_ALIGN_BYTES=64)
+r=$(measure "$work/instantiate.cpp")
 read -r s mb <<< "$r"
 printf '%-10s %-12s %10s %10s\n' "(once)" "inst. TU" "$s" "$mb"

@@ -13,6 +13,8 @@
 #ifndef PEFT_INSTANTIATE_TEMPLATES
 #define PEFT_INSTANTIATE_TEMPLATES 1
 #endif
+// This one TU defines every unit's non-template functions.
+#define PEFT_UNIT_GEMM 1
 #include "peft/version.hpp"
 #include "peft/instantiate/gemm.hpp"
 #include "peft/instantiate/linalg.hpp"

@@ -42,7 +42,7 @@ else()
   message(FATAL_ERROR "run_consumer.cmake: unknown MODE '${MODE}'")
 endif()
 
-run_step("build" ${CMAKE_COMMAND} --build ${build})
+run_step("build" ${CMAKE_COMMAND} --build ${build} --parallel 2)
 run_step("run" ${build}/consumer)
 if(MODE STREQUAL "find_package")
   # Same program, three ways of consuming peft: the same bits.

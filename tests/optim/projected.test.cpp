@@ -3,6 +3,7 @@
 // identity projection == the base optimizer bit for bit, full-rank GaLore vs the bases, fallback
 // of vectors and small matrices, errors, and a tiny Llama whose loss goes down.
 #include <catch2/catch.hpp>
+#include <Eigen/SVD>  // the independent reference below
 
 #include <cmath>
 #include <cstring>
