@@ -27,6 +27,12 @@ template <class T>
 void gemm(trans ta, trans tb, gemm_index m, gemm_index n, gemm_index k, T alpha, const T* a,
           gemm_index lda, const T* b, gemm_index ldb, T beta, T* c, gemm_index ldc);
 
+// Eigen's own kernel, whatever the backend: C += α·op(A)·op(B) (no β). It is the fallback, and
+// the reference the backends are tested against.
+template <class T>
+void gemm_eigen(trans ta, trans tb, gemm_index m, gemm_index n, gemm_index k, T alpha, const T* a,
+                gemm_index lda, const T* b, gemm_index ldb, T* c, gemm_index ldc);
+
 // Strided batch: for i < batch, C_i ← α·op(A_i)·op(B_i) + β·C_i with A_i = a + i·stride_a, ...
 // A stride of 0 shares that operand across the batch; C's stride must not be 0 (use a loop with
 // β = 1 to accumulate into one C). Batches run in parallel over the library's threads when each
@@ -59,6 +65,8 @@ matrix<T> gemm_new(trans ta, trans tb, matrix_cref<T> A, matrix_cref<T> B, T alp
 PEFT_INLINE const char* gemm_backend();
 
 #define PEFT_DETAIL_GEMM(prefix, T)                                                              \
+  prefix void gemm_eigen<T>(trans, trans, gemm_index, gemm_index, gemm_index, T, const T*,        \
+                            gemm_index, const T*, gemm_index, T*, gemm_index);                   \
   prefix void gemm<T>(trans, trans, gemm_index, gemm_index, gemm_index, T, const T*, gemm_index,  \
                       const T*, gemm_index, T, T*, gemm_index);                                  \
   prefix void gemm_batched<T>(trans, trans, gemm_index, gemm_index, gemm_index, T, const T*,      \
