@@ -15,6 +15,8 @@
 #endif
 // This one TU defines every unit's non-template functions.
 #define PEFT_UNIT_GEMM 1
+#define PEFT_UNIT_IO 1
 #include "peft/version.hpp"
 #include "peft/instantiate/gemm.hpp"
 #include "peft/instantiate/linalg.hpp"
+#include "peft/io/io.hpp"

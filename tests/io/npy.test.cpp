@@ -10,6 +10,7 @@
 
 #include <unistd.h>
 
+#include "peft/core/random.hpp"
 #include "peft/io/npy.hpp"
 #include "../support/thrown.hpp"
 

@@ -50,6 +50,7 @@
 #include "peft/adapters/nola.hpp"
 #include "peft/adapters/randlora.hpp"
 #include "peft/adapters/vera.hpp"
+#include "peft/core/config.hpp"
 #include "peft/core/error.hpp"
 #include "peft/core/random.hpp"
 #include "peft/io/safetensors.hpp"
@@ -90,17 +91,8 @@ void collect_adapter_rngs(adapter<T>& a, const std::string& path, std::vector<st
   if (g) out.emplace_back(path + ".dropout", g);
 }
 
-inline std::string hex_word(std::uint64_t w) {
-  static const char* digits = "0123456789abcdef";
-  std::string s(16, '0');
-  for (int i = 15; i >= 0; --i, w >>= 4) s[std::size_t(i)] = digits[w & 15];
-  return s;
-}
-inline bool parse_hex_word(const std::string& s, std::uint64_t& w) {
-  if (s.size() != 16) return false;
-  const auto r = std::from_chars(s.data(), s.data() + s.size(), w, 16);
-  return r.ec == std::errc() && r.ptr == s.data() + s.size();
-}
+PEFT_INLINE std::string hex_word(std::uint64_t w);
+PEFT_INLINE bool parse_hex_word(const std::string& s, std::uint64_t& w);
 }  // namespace detail
 
 // The dropout random streams of every adapted layer of `model`, named "<layer path>.dropout"
@@ -432,5 +424,23 @@ checkpoint_info read_checkpoint_info(const std::string& path) {
   (void)checkpoint<T>::read_header(f, "checkpoint '" + path + "'", info);
   return info;
 }
+
+// ---- definitions: here (inline) for header-only programs; in the compiled library only in
+// src/io.cpp (PEFT_UNIT_IO), so that they are defined once ----
+#if !defined(PEFT_COMPILED_LIB) || defined(PEFT_UNIT_IO)
+namespace detail {
+PEFT_INLINE std::string hex_word(std::uint64_t w) {
+  static const char* digits = "0123456789abcdef";
+  std::string s(16, '0');
+  for (int i = 15; i >= 0; --i, w >>= 4) s[std::size_t(i)] = digits[w & 15];
+  return s;
+}
+PEFT_INLINE bool parse_hex_word(const std::string& s, std::uint64_t& w) {
+  if (s.size() != 16) return false;
+  const auto r = std::from_chars(s.data(), s.data() + s.size(), w, 16);
+  return r.ec == std::errc() && r.ptr == s.data() + s.size();
+}
+}  // namespace detail
+#endif  // !PEFT_COMPILED_LIB || PEFT_UNIT_IO
 
 }  // namespace peft::io

@@ -44,6 +44,7 @@
 #include "peft/adapters/adapted_linear.hpp"
 #include "peft/adapters/inject.hpp"
 #include "peft/adapters/lora.hpp"
+#include "peft/core/config.hpp"
 #include "peft/io/gguf.hpp"
 #include "peft/nn/attention.hpp"
 #include "peft/nn/linear.hpp"
@@ -70,31 +71,9 @@ inline constexpr llama_name_pair llama_global_names[] = {
     {"embed_tokens", "token_embd"}, {"norm", "output_norm"}, {"lm_head", "output"}};
 
 // "<prefix><digits>.<rest>" -> (digits, rest)
-inline std::optional<std::pair<std::string, std::string>> split_layer(const std::string& s, const std::string& prefix) {
-  if (s.compare(0, prefix.size(), prefix) != 0) return std::nullopt;
-  std::size_t i = prefix.size();
-  const std::size_t b = i;
-  while (i < s.size() && s[i] >= '0' && s[i] <= '9') ++i;
-  if (i == b || i - b > 9 || i >= s.size() || s[i] != '.') return std::nullopt;
-  if (s[b] == '0' && i - b > 1) return std::nullopt;  // no leading zeros
-  return std::pair{s.substr(b, i - b), s.substr(i + 1)};
-}
+PEFT_INLINE std::optional<std::pair<std::string, std::string>> split_layer(const std::string& s, const std::string& prefix);
 // Maps a module path (optionally followed by ".weight") from one naming to the other.
-inline std::optional<std::string> map_llama_name(const std::string& name, bool to_gguf) {
-  std::string base = name, suffix;
-  const std::string w = ".weight";
-  if (base.size() > w.size() && base.compare(base.size() - w.size(), w.size(), w) == 0) {
-    base.resize(base.size() - w.size());
-    suffix = w;
-  }
-  for (auto& p : llama_global_names)
-    if (base == (to_gguf ? p.hf : p.gguf)) return std::string(to_gguf ? p.gguf : p.hf) + suffix;
-  if (auto l = split_layer(base, to_gguf ? "layers." : "blk."))
-    for (auto& p : llama_layer_names)
-      if (l->second == (to_gguf ? p.hf : p.gguf))
-        return std::string(to_gguf ? "blk." : "layers.") + l->first + "." + (to_gguf ? p.gguf : p.hf) + suffix;
-  return std::nullopt;
-}
+PEFT_INLINE std::optional<std::string> map_llama_name(const std::string& name, bool to_gguf);
 }  // namespace detail
 
 // "layers.3.self_attn.q_proj(.weight)" -> "blk.3.attn_q(.weight)", or nullopt when the name has
@@ -188,37 +167,10 @@ nn::swiglu_mlp<T>& llama_mlp(nn::llama<T>& model, std::size_t i) {
 }
 // GPT-2's byte-level alphabet: printable Latin-1 bytes stand for themselves, the other 68 bytes
 // (controls, space, 0x7F-0xA0, 0xAD) for U+0100.. in byte order. Returns the UTF-8 text.
-inline std::string gpt2_byte_token(std::uint8_t b) {
-  auto printable = [](unsigned c) { return (c >= 0x21 && c <= 0x7e) || (c >= 0xa1 && c <= 0xac) || (c >= 0xae); };
-  unsigned cp = b;
-  if (!printable(b)) {
-    cp = 256;
-    for (unsigned c = 0; c < b; ++c)
-      if (!printable(c)) ++cp;
-  }
-  std::string s;
-  if (cp < 0x80) {
-    s += char(cp);
-  } else {
-    s += char(0xc0 | (cp >> 6));
-    s += char(0x80 | (cp & 0x3f));
-  }
-  return s;
-}
-inline std::uint32_t u32_of(std::size_t v, const char* what) {
-  if (v > 0xffffffffu) throw value_error(std::string("gguf llama: ") + what + " " + std::to_string(v) + " exceeds UINT32");
-  return std::uint32_t(v);
-}
+PEFT_INLINE std::string gpt2_byte_token(std::uint8_t b);
+PEFT_INLINE std::uint32_t u32_of(std::size_t v, const char* what);
 // Which projection's rows carry RoPE and with how many heads (0 = none).
-inline std::size_t rope_heads(const std::string& hf_path, const nn::llama_config& c) {
-  auto ends = [&](const char* s) {
-    const std::string x(s);
-    return hf_path.size() >= x.size() && hf_path.compare(hf_path.size() - x.size(), x.size(), x) == 0;
-  };
-  if (ends(".self_attn.q_proj")) return c.n_heads;
-  if (ends(".self_attn.k_proj")) return c.n_kv_heads ? c.n_kv_heads : c.n_heads;
-  return 0;
-}
+PEFT_INLINE std::size_t rope_heads(const std::string& hf_path, const nn::llama_config& c);
 }  // namespace detail
 
 // ---- base model ----
@@ -307,83 +259,16 @@ void save_gguf_llama(nn::llama<T>& model, const std::string& path, const gguf_ll
 }
 
 namespace detail {
-inline std::size_t gguf_count(const gguf_file& f, const std::string& key, bool required, std::size_t def = 0) {
-  const gguf_value* v = f.find(key);
-  if (!v) {
-    if (required) throw io_error("gguf '" + f.source() + "': missing metadata key '" + key + "'");
-    return def;
-  }
-  try {
-    return std::size_t(v->to_uint64());
-  } catch (const value_error&) {
-    throw io_error("gguf '" + f.source() + "': metadata key '" + key + "' is " + v->type_str() +
-                   ", expected a non-negative integer");
-  }
-}
-inline double gguf_real(const gguf_file& f, const std::string& key, double def) {
-  const gguf_value* v = f.find(key);
-  if (!v) return def;
-  if (v->type() != gguf_value_type::float32 && v->type() != gguf_value_type::float64)
-    throw io_error("gguf '" + f.source() + "': metadata key '" + key + "' is " + v->type_str() + ", expected FLOAT32");
-  return v->to_double();
-}
-inline void expect_architecture(const gguf_file& f) {
-  const gguf_value* a = f.find("general.architecture");
-  if (!a || a->type() != gguf_value_type::string || a->get<std::string>() != "llama")
-    throw io_error("gguf '" + f.source() + "': general.architecture is " +
-                   (a ? (a->type() == gguf_value_type::string ? "'" + a->get<std::string>() + "'" : a->type_str())
-                      : std::string("missing")) +
-                   ", expected 'llama'");
-}
+PEFT_INLINE std::size_t gguf_count(const gguf_file& f, const std::string& key, bool required, std::size_t def = 0);
+PEFT_INLINE double gguf_real(const gguf_file& f, const std::string& key, double def);
+PEFT_INLINE void expect_architecture(const gguf_file& f);
 }  // namespace detail
 
 // The llama_config a GGUF llama file describes. io_error for anything nn::llama cannot represent
 // (partial rotary, rope scaling, experts, head sizes other than dim / n_heads) or any value its
 // constructor would refuse. max_seq is the file's context_length capped at max_seq_cap: it only
 // sizes the RoPE tables, and a hostile file could otherwise ask for gigabytes of them.
-inline nn::llama_config gguf_llama_config(const gguf_file& f, std::size_t max_seq_cap = 8192) {
-  detail::expect_architecture(f);
-  const std::string w = "gguf '" + f.source() + "'";
-  nn::llama_config c;
-  c.dim = detail::gguf_count(f, "llama.embedding_length", true);
-  c.n_layers = detail::gguf_count(f, "llama.block_count", true);
-  c.hidden_dim = detail::gguf_count(f, "llama.feed_forward_length", true);
-  c.n_heads = detail::gguf_count(f, "llama.attention.head_count", true);
-  c.n_kv_heads = detail::gguf_count(f, "llama.attention.head_count_kv", false, c.n_heads);
-  c.max_seq = std::min(detail::gguf_count(f, "llama.context_length", false, 2048), max_seq_cap);
-  c.rope_theta = detail::gguf_real(f, "llama.rope.freq_base", 10000.0);
-  c.norm_eps = detail::gguf_real(f, "llama.attention.layer_norm_rms_epsilon", 1e-5);
-  if (c.dim == 0 || c.n_heads == 0 || c.dim % c.n_heads != 0 || c.n_kv_heads == 0 || c.n_heads % c.n_kv_heads != 0 ||
-      (c.dim / c.n_heads) % 2 != 0)
-    throw io_error(w + ": embedding_length " + std::to_string(c.dim) + ", head_count " + std::to_string(c.n_heads) +
-                   ", head_count_kv " + std::to_string(c.n_kv_heads) +
-                   " do not form a valid attention layout (heads of even size, kv heads dividing heads)");
-  if (c.hidden_dim == 0) throw io_error(w + ": llama.feed_forward_length is 0");
-  if (c.max_seq == 0) throw io_error(w + ": llama.context_length is 0");
-  if (!(std::isfinite(c.rope_theta) && c.rope_theta > 0))
-    throw io_error(w + ": llama.rope.freq_base " + std::to_string(c.rope_theta) + " is not a positive number");
-  if (!(std::isfinite(c.norm_eps) && c.norm_eps >= 0))
-    throw io_error(w + ": llama.attention.layer_norm_rms_epsilon " + std::to_string(c.norm_eps) + " is not >= 0");
-  const std::size_t hd = c.dim / c.n_heads;
-  if (detail::gguf_count(f, "llama.rope.dimension_count", false, hd) != hd)
-    throw io_error(w + ": llama.rope.dimension_count differs from the head size " + std::to_string(hd) +
-                   " (partial rotary embeddings are not supported)");
-  for (const char* k : {"llama.attention.key_length", "llama.attention.value_length"})
-    if (detail::gguf_count(f, k, false, hd) != hd)
-      throw io_error(w + ": " + k + " differs from embedding_length / head_count = " + std::to_string(hd));
-  if (detail::gguf_count(f, "llama.expert_count", false, 0) != 0)
-    throw io_error(w + ": mixture-of-experts llama models are not supported");
-  if (const gguf_value* s = f.find("llama.rope.scaling.type"))
-    if (s->type() != gguf_value_type::string || s->get<std::string>() != "none")
-      throw io_error(w + ": rope scaling is not supported");
-  const gguf_tensor& emb = f.tensor_at("token_embd.weight");
-  if (emb.ne.size() != 2 || emb.ne[0] != c.dim || emb.ne[1] == 0)
-    throw io_error(w + ": token_embd.weight has ne " + shape_str(emb.ne) + ", expected [" + std::to_string(c.dim) +
-                   ", vocab]");
-  c.vocab = std::size_t(emb.ne[1]);
-  c.tie_embeddings = !f.has_tensor("output.weight");
-  return c;
-}
+PEFT_INLINE nn::llama_config gguf_llama_config(const gguf_file& f, std::size_t max_seq_cap = 8192);
 
 // Builds an nn::llama<T> from a GGUF llama file: exactly the tensors the metadata implies, with
 // their shapes, must be there (checked before anything is allocated), in a type that converts.
@@ -619,5 +504,141 @@ template <class T>
 injection_report load_gguf_lora(nn::llama<T>& model, const std::string& path) {
   return lora_from_gguf(model, gguf_file::load(path));
 }
+
+// ---- definitions: here (inline) for header-only programs; in the compiled library only in
+// src/io.cpp (PEFT_UNIT_IO), so that they are defined once ----
+#if !defined(PEFT_COMPILED_LIB) || defined(PEFT_UNIT_IO)
+namespace detail {
+PEFT_INLINE std::optional<std::pair<std::string, std::string>> split_layer(const std::string& s,
+                                                                          const std::string& prefix) {
+  if (s.compare(0, prefix.size(), prefix) != 0) return std::nullopt;
+  std::size_t i = prefix.size();
+  const std::size_t b = i;
+  while (i < s.size() && s[i] >= '0' && s[i] <= '9') ++i;
+  if (i == b || i - b > 9 || i >= s.size() || s[i] != '.') return std::nullopt;
+  if (s[b] == '0' && i - b > 1) return std::nullopt;  // no leading zeros
+  return std::pair{s.substr(b, i - b), s.substr(i + 1)};
+}
+PEFT_INLINE std::optional<std::string> map_llama_name(const std::string& name, bool to_gguf) {
+  std::string base = name, suffix;
+  const std::string w = ".weight";
+  if (base.size() > w.size() && base.compare(base.size() - w.size(), w.size(), w) == 0) {
+    base.resize(base.size() - w.size());
+    suffix = w;
+  }
+  for (auto& p : llama_global_names)
+    if (base == (to_gguf ? p.hf : p.gguf)) return std::string(to_gguf ? p.gguf : p.hf) + suffix;
+  if (auto l = split_layer(base, to_gguf ? "layers." : "blk."))
+    for (auto& p : llama_layer_names)
+      if (l->second == (to_gguf ? p.hf : p.gguf))
+        return std::string(to_gguf ? "blk." : "layers.") + l->first + "." + (to_gguf ? p.gguf : p.hf) + suffix;
+  return std::nullopt;
+}
+
+PEFT_INLINE std::string gpt2_byte_token(std::uint8_t b) {
+  auto printable = [](unsigned c) { return (c >= 0x21 && c <= 0x7e) || (c >= 0xa1 && c <= 0xac) || (c >= 0xae); };
+  unsigned cp = b;
+  if (!printable(b)) {
+    cp = 256;
+    for (unsigned c = 0; c < b; ++c)
+      if (!printable(c)) ++cp;
+  }
+  std::string s;
+  if (cp < 0x80) {
+    s += char(cp);
+  } else {
+    s += char(0xc0 | (cp >> 6));
+    s += char(0x80 | (cp & 0x3f));
+  }
+  return s;
+}
+PEFT_INLINE std::uint32_t u32_of(std::size_t v, const char* what) {
+  if (v > 0xffffffffu) throw value_error(std::string("gguf llama: ") + what + " " + std::to_string(v) + " exceeds UINT32");
+  return std::uint32_t(v);
+}
+PEFT_INLINE std::size_t rope_heads(const std::string& hf_path, const nn::llama_config& c) {
+  auto ends = [&](const char* s) {
+    const std::string x(s);
+    return hf_path.size() >= x.size() && hf_path.compare(hf_path.size() - x.size(), x.size(), x) == 0;
+  };
+  if (ends(".self_attn.q_proj")) return c.n_heads;
+  if (ends(".self_attn.k_proj")) return c.n_kv_heads ? c.n_kv_heads : c.n_heads;
+  return 0;
+}
+
+PEFT_INLINE std::size_t gguf_count(const gguf_file& f, const std::string& key, bool required, std::size_t def) {
+  const gguf_value* v = f.find(key);
+  if (!v) {
+    if (required) throw io_error("gguf '" + f.source() + "': missing metadata key '" + key + "'");
+    return def;
+  }
+  try {
+    return std::size_t(v->to_uint64());
+  } catch (const value_error&) {
+    throw io_error("gguf '" + f.source() + "': metadata key '" + key + "' is " + v->type_str() +
+                   ", expected a non-negative integer");
+  }
+}
+PEFT_INLINE double gguf_real(const gguf_file& f, const std::string& key, double def) {
+  const gguf_value* v = f.find(key);
+  if (!v) return def;
+  if (v->type() != gguf_value_type::float32 && v->type() != gguf_value_type::float64)
+    throw io_error("gguf '" + f.source() + "': metadata key '" + key + "' is " + v->type_str() + ", expected FLOAT32");
+  return v->to_double();
+}
+PEFT_INLINE void expect_architecture(const gguf_file& f) {
+  const gguf_value* a = f.find("general.architecture");
+  if (!a || a->type() != gguf_value_type::string || a->get<std::string>() != "llama")
+    throw io_error("gguf '" + f.source() + "': general.architecture is " +
+                   (a ? (a->type() == gguf_value_type::string ? "'" + a->get<std::string>() + "'" : a->type_str())
+                      : std::string("missing")) +
+                   ", expected 'llama'");
+}
+}  // namespace detail
+
+PEFT_INLINE nn::llama_config gguf_llama_config(const gguf_file& f, std::size_t max_seq_cap) {
+  detail::expect_architecture(f);
+  const std::string w = "gguf '" + f.source() + "'";
+  nn::llama_config c;
+  c.dim = detail::gguf_count(f, "llama.embedding_length", true);
+  c.n_layers = detail::gguf_count(f, "llama.block_count", true);
+  c.hidden_dim = detail::gguf_count(f, "llama.feed_forward_length", true);
+  c.n_heads = detail::gguf_count(f, "llama.attention.head_count", true);
+  c.n_kv_heads = detail::gguf_count(f, "llama.attention.head_count_kv", false, c.n_heads);
+  c.max_seq = std::min(detail::gguf_count(f, "llama.context_length", false, 2048), max_seq_cap);
+  c.rope_theta = detail::gguf_real(f, "llama.rope.freq_base", 10000.0);
+  c.norm_eps = detail::gguf_real(f, "llama.attention.layer_norm_rms_epsilon", 1e-5);
+  if (c.dim == 0 || c.n_heads == 0 || c.dim % c.n_heads != 0 || c.n_kv_heads == 0 || c.n_heads % c.n_kv_heads != 0 ||
+      (c.dim / c.n_heads) % 2 != 0)
+    throw io_error(w + ": embedding_length " + std::to_string(c.dim) + ", head_count " + std::to_string(c.n_heads) +
+                   ", head_count_kv " + std::to_string(c.n_kv_heads) +
+                   " do not form a valid attention layout (heads of even size, kv heads dividing heads)");
+  if (c.hidden_dim == 0) throw io_error(w + ": llama.feed_forward_length is 0");
+  if (c.max_seq == 0) throw io_error(w + ": llama.context_length is 0");
+  if (!(std::isfinite(c.rope_theta) && c.rope_theta > 0))
+    throw io_error(w + ": llama.rope.freq_base " + std::to_string(c.rope_theta) + " is not a positive number");
+  if (!(std::isfinite(c.norm_eps) && c.norm_eps >= 0))
+    throw io_error(w + ": llama.attention.layer_norm_rms_epsilon " + std::to_string(c.norm_eps) + " is not >= 0");
+  const std::size_t hd = c.dim / c.n_heads;
+  if (detail::gguf_count(f, "llama.rope.dimension_count", false, hd) != hd)
+    throw io_error(w + ": llama.rope.dimension_count differs from the head size " + std::to_string(hd) +
+                   " (partial rotary embeddings are not supported)");
+  for (const char* k : {"llama.attention.key_length", "llama.attention.value_length"})
+    if (detail::gguf_count(f, k, false, hd) != hd)
+      throw io_error(w + ": " + k + " differs from embedding_length / head_count = " + std::to_string(hd));
+  if (detail::gguf_count(f, "llama.expert_count", false, 0) != 0)
+    throw io_error(w + ": mixture-of-experts llama models are not supported");
+  if (const gguf_value* s = f.find("llama.rope.scaling.type"))
+    if (s->type() != gguf_value_type::string || s->get<std::string>() != "none")
+      throw io_error(w + ": rope scaling is not supported");
+  const gguf_tensor& emb = f.tensor_at("token_embd.weight");
+  if (emb.ne.size() != 2 || emb.ne[0] != c.dim || emb.ne[1] == 0)
+    throw io_error(w + ": token_embd.weight has ne " + shape_str(emb.ne) + ", expected [" + std::to_string(c.dim) +
+                   ", vocab]");
+  c.vocab = std::size_t(emb.ne[1]);
+  c.tie_embeddings = !f.has_tensor("output.weight");
+  return c;
+}
+#endif  // !PEFT_COMPILED_LIB || PEFT_UNIT_IO
 
 }  // namespace peft::io

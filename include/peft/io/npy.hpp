@@ -32,6 +32,7 @@
 #include <string_view>
 #include <vector>
 
+#include "peft/core/config.hpp"
 #include "peft/core/error.hpp"
 #include "peft/core/tensor.hpp"
 #include "peft/detail/half.hpp"
@@ -82,52 +83,7 @@ class npy_header_parser {
  public:
   npy_header_parser(std::string_view text, const std::string& where) : s_(text), w_(where) {}
 
-  npy_header parse() {
-    npy_header h;
-    bool have_descr = false, have_fortran = false, have_shape = false;
-    ws();
-    expect('{', "the header must be a dict literal starting with '{'");
-    ws();
-    bool first = true;
-    while (!at('}')) {
-      if (!first) {
-        // After an entry: ',' then another entry or the closing brace (trailing comma).
-        expect(',', "expected ',' or '}' after a dict entry");
-        ws();
-        if (at('}')) break;
-      }
-      first = false;
-      const std::string key = string_literal("a dict key");
-      ws();
-      expect(':', "expected ':' after key '" + key + "'");
-      ws();
-      if (key == "descr") {
-        if (have_descr) fail("duplicate key 'descr'");
-        have_descr = true;
-        h.dtype = dtype_of(string_literal("the value of 'descr'"));
-      } else if (key == "fortran_order") {
-        if (have_fortran) fail("duplicate key 'fortran_order'");
-        have_fortran = true;
-        if (boolean())
-          fail("fortran_order is True (column-major data) and only C order is supported; save a C-contiguous "
-               "array (numpy.ascontiguousarray)");
-      } else if (key == "shape") {
-        if (have_shape) fail("duplicate key 'shape'");
-        have_shape = true;
-        h.shape = tuple();
-      } else {
-        fail("unexpected key '" + key + "' (an .npy header has exactly 'descr', 'fortran_order', 'shape')");
-      }
-      ws();
-    }
-    ++pos_;  // '}'
-    ws();
-    if (pos_ != s_.size()) fail("unexpected " + shown_char() + " after the header dict");
-    if (!have_descr) fail("missing key 'descr'");
-    if (!have_fortran) fail("missing key 'fortran_order'");
-    if (!have_shape) fail("missing key 'shape'");
-    return h;
-  }
+  npy_header parse();
 
  private:
   [[noreturn]] void fail(const std::string& msg) const {
@@ -137,95 +93,17 @@ class npy_header_parser {
   void ws() {
     while (pos_ < s_.size() && (s_[pos_] == ' ' || s_[pos_] == '\t' || s_[pos_] == '\n' || s_[pos_] == '\r')) ++pos_;
   }
-  std::string shown_char() const {
-    if (pos_ >= s_.size()) return "end of header";
-    const auto c = static_cast<unsigned char>(s_[pos_]);
-    if (c >= 0x20 && c < 0x7f) return std::string("'") + char(c) + "'";
-    static const char* hex = "0123456789abcdef";
-    return std::string("byte 0x") + hex[c >> 4] + hex[c & 15];
-  }
+  std::string shown_char() const;
   void expect(char c, const std::string& msg) {
     if (!at(c)) fail(msg + ", found " + shown_char());
     ++pos_;
   }
-  std::string string_literal(const std::string& what) {
-    if (!at('\'') && !at('"')) fail("expected a quoted string for " + what + ", found " + shown_char());
-    const char q = s_[pos_++];
-    const std::size_t b = pos_;
-    while (pos_ < s_.size() && s_[pos_] != q) {
-      const auto c = static_cast<unsigned char>(s_[pos_]);
-      if (c == '\\' || c < 0x20 || c >= 0x7f) fail("unsupported character in a string literal: " + shown_char());
-      ++pos_;
-    }
-    if (pos_ >= s_.size()) fail("unterminated string literal");
-    std::string out(s_.substr(b, pos_ - b));
-    ++pos_;
-    return out;
-  }
-  bool word(std::string_view w) {
-    if (s_.substr(pos_, w.size()) != w) return false;
-    const std::size_t e = pos_ + w.size();
-    if (e < s_.size() && (std::isalnum(static_cast<unsigned char>(s_[e])) || s_[e] == '_')) return false;
-    pos_ = e;
-    return true;
-  }
-  bool boolean() {
-    if (word("True")) return true;
-    if (word("False")) return false;
-    fail("fortran_order must be True or False, found " + shown_char());
-  }
-  std::size_t integer() {
-    if (!(pos_ < s_.size() && s_[pos_] >= '0' && s_[pos_] <= '9'))
-      fail("expected a non-negative integer dimension, found " + shown_char());
-    if (s_[pos_] == '0' && pos_ + 1 < s_.size() && s_[pos_ + 1] >= '0' && s_[pos_ + 1] <= '9')
-      fail("dimension with a leading zero");
-    constexpr std::uint64_t limit = std::uint64_t(std::numeric_limits<std::int64_t>::max());
-    std::uint64_t v = 0;
-    while (pos_ < s_.size() && s_[pos_] >= '0' && s_[pos_] <= '9') {
-      const unsigned d = unsigned(s_[pos_] - '0');
-      if (v > (limit - d) / 10) fail("dimension exceeds 2^63 - 1");
-      v = v * 10 + d;
-      ++pos_;
-    }
-    if (at('L')) ++pos_;  // Python 2 long literal, as old numpy wrote
-    if (v > std::numeric_limits<std::size_t>::max()) fail("dimension does not fit in size_t");
-    return std::size_t(v);
-  }
-  shape_t tuple() {
-    expect('(', "shape must be a tuple");
-    shape_t out;
-    ws();
-    if (at(')')) {
-      ++pos_;
-      return out;
-    }
-    bool comma_after_last = false;
-    for (;;) {
-      if (out.size() == npy_max_dims) fail("shape has more than " + std::to_string(npy_max_dims) + " dims");
-      out.push_back(integer());
-      ws();
-      comma_after_last = false;
-      if (at(',')) {
-        ++pos_;
-        comma_after_last = true;
-        ws();
-      }
-      if (at(')')) break;
-      if (!comma_after_last) fail("expected ',' or ')' in the shape tuple, found " + shown_char());
-    }
-    ++pos_;
-    // "(3)" is an int in Python, not a tuple.
-    if (out.size() == 1 && !comma_after_last) fail("shape (n) is not a tuple; a 1-D shape is written (n,)");
-    return out;
-  }
-  npy_dtype dtype_of(const std::string& d) const {
-    if (d == "<f4") return npy_dtype::f4;
-    if (d == "<f8") return npy_dtype::f8;
-    if (d == "<f2") return npy_dtype::f2;
-    if (d.size() == 3 && (d[0] == '>' || d[0] == '!') && d[1] == 'f')
-      fail("descr '" + d + "' is big-endian; only little-endian '<f2', '<f4', '<f8' are supported");
-    fail("unsupported descr '" + d + "' (only '<f2', '<f4', '<f8': little-endian float16/32/64)");
-  }
+  std::string string_literal(const std::string& what);
+  bool word(std::string_view w);
+  bool boolean();
+  std::size_t integer();
+  shape_t tuple();
+  npy_dtype dtype_of(const std::string& d) const;
 
   std::string_view s_;
   std::size_t pos_ = 0;
@@ -234,58 +112,8 @@ class npy_header_parser {
 
 // Parses magic, version and header from the first `avail` bytes of a file of `total` bytes; the
 // data is checked against `total`.
-inline npy_header parse_npy_preamble(const std::uint8_t* b, std::size_t avail, std::uint64_t total,
-                                     const std::string& w) {
-  static constexpr std::uint8_t magic[6] = {0x93, 'N', 'U', 'M', 'P', 'Y'};
-  if (total < 10) throw io_error(w + ": file is " + std::to_string(total) + " bytes, too short for an .npy preamble");
-  if (std::memcmp(b, magic, 6) != 0) throw io_error(w + ": not an .npy file (bad magic; expected \\x93NUMPY)");
-  npy_header h;
-  h.major = b[6];
-  h.minor = b[7];
-  if (!((h.major == 1 || h.major == 2 || h.major == 3) && h.minor == 0))
-    throw io_error(w + ": unsupported .npy format version " + std::to_string(h.major) + "." + std::to_string(h.minor) +
-                   " (1.0, 2.0 or 3.0)");
-  const std::size_t len_size = h.major == 1 ? 2 : 4;
-  if (total < 8 + len_size)
-    throw io_error(w + ": file is " + std::to_string(total) + " bytes, too short for a version " +
-                   std::to_string(h.major) + ".0 preamble");
-  std::uint64_t n = 0;
-  for (std::size_t i = 0; i < len_size; ++i) n |= std::uint64_t(b[8 + i]) << (8 * i);
-  if (n > npy_max_header)
-    throw io_error(w + ": header length " + std::to_string(n) + " exceeds the limit of " +
-                   std::to_string(npy_max_header) + " bytes");
-  const std::uint64_t off = 8 + len_size + n;
-  if (off > total)
-    throw io_error(w + ": header length " + std::to_string(n) + " runs past the end of the " + std::to_string(total) +
-                   "-byte file");
-  if (off > avail) throw io_error(w + ": internal error: header not in the buffer");
-  const std::string_view text(reinterpret_cast<const char*>(b + 8 + len_size), std::size_t(n));
-  // Versions 1 and 2 are latin-1, 3 is UTF-8; the grammar above is ASCII in both.
-  npy_header parsed = npy_header_parser(text, w).parse();
-  parsed.major = h.major;
-  parsed.minor = h.minor;
-  parsed.data_offset = std::size_t(off);
-  // Byte count with overflow checks (a zero dim does not excuse the others: strides would overflow).
-  constexpr std::uint64_t limit = std::uint64_t(std::numeric_limits<std::int64_t>::max());
-  std::uint64_t bytes = npy_dtype_size(parsed.dtype);
-  bool empty = false;
-  for (auto d : parsed.shape) {
-    if (d == 0) {
-      empty = true;
-      continue;
-    }
-    if (bytes > limit / d)
-      throw io_error(w + ": shape " + shape_str(parsed.shape) + " of " + npy_dtype_name(parsed.dtype) +
-                     " overflows a 63-bit byte count");
-    bytes *= d;
-  }
-  parsed.data_bytes = empty ? 0 : bytes;
-  if (total - off != parsed.data_bytes)
-    throw io_error(w + ": shape " + shape_str(parsed.shape) + " of " + npy_dtype_name(parsed.dtype) + " needs " +
-                   std::to_string(parsed.data_bytes) + " data bytes, the file has " + std::to_string(total - off) +
-                   (total - off < parsed.data_bytes ? " (truncated)" : " (trailing bytes)"));
-  return parsed;
-}
+PEFT_INLINE npy_header parse_npy_preamble(const std::uint8_t* b, std::size_t avail, std::uint64_t total,
+                                     const std::string& w);
 
 template <std::floating_point T>
 void decode_npy(npy_dtype t, const std::uint8_t* p, std::size_t n, T* out) {
@@ -343,77 +171,20 @@ void encode_npy(const T* in, std::size_t n, npy_dtype t, std::uint8_t* out) {
 
 // numpy.lib.format's header for (dtype, C order, shape), with the preamble: version 1.0 (every
 // header this writes is far below 65535 bytes).
-inline std::string npy_header_bytes(npy_dtype t, const shape_t& shape) {
-  std::string h = "{'descr': '";
-  h += npy_dtype_name(t);
-  h += "', 'fortran_order': False, 'shape': (";
-  for (std::size_t i = 0; i < shape.size(); ++i) {
-    if (i) h += ", ";
-    h += std::to_string(shape[i]);
-  }
-  if (shape.size() == 1) h += ',';
-  h += "), }";
-  // numpy >= 1.23 leaves room to grow the first axis in place (GROWTH_AXIS_MAX_DIGITS = 21).
-  if (!shape.empty()) {
-    const std::size_t digits = std::to_string(shape[0]).size();
-    if (digits < 21) h.append(21 - digits, ' ');
-  }
-  // hlen includes the final '\n'; numpy pads to ARRAY_ALIGN = 64 (a full 64 when already aligned).
-  const std::size_t hlen = h.size() + 1;
-  const std::size_t pad = 64 - (10 + hlen) % 64;
-  h.append(pad, ' ');
-  h += '\n';
-  std::string pre("\x93NUMPY\x01\x00", 8);
-  pre += char(h.size() & 0xff);
-  pre += char((h.size() >> 8) & 0xff);
-  return pre + h;
-}
+PEFT_INLINE std::string npy_header_bytes(npy_dtype t, const shape_t& shape);
 
 }  // namespace detail
 
 // ---- reading ----
 
 // Parses a complete .npy image (raw bytes, dtype and shape kept). `source` names it in errors.
-inline npy_array parse_npy(const void* data, std::size_t size, const std::string& source = "<memory>") {
-  const auto* b = static_cast<const std::uint8_t*>(data);
-  const std::string w = "npy '" + source + "'";
-  const npy_header h = detail::parse_npy_preamble(b, size, size, w);
-  npy_array a;
-  a.dtype = h.dtype;
-  a.shape = h.shape;
-  a.data.assign(b + h.data_offset, b + size);
-  return a;
-}
+PEFT_INLINE npy_array parse_npy(const void* data, std::size_t size, const std::string& source = "<memory>");
 
 // Reads the header of a file (and checks the data length against the file size).
-inline npy_header read_npy_header(const std::string& path) {
-  const std::string w = "npy '" + path + "'";
-  std::error_code ec;
-  const std::uintmax_t size = std::filesystem::file_size(path, ec);
-  if (ec) throw io_error(w + ": cannot read: " + ec.message());
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw io_error(w + ": cannot open: " + std::strerror(errno));
-  const std::size_t want = std::size_t(std::min<std::uintmax_t>(size, 12 + npy_max_header));
-  std::vector<std::uint8_t> pre(want);
-  if (want && !in.read(reinterpret_cast<char*>(pre.data()), std::streamsize(want))) throw io_error(w + ": read failed");
-  return detail::parse_npy_preamble(pre.data(), want, size, w);
-}
+PEFT_INLINE npy_header read_npy_header(const std::string& path);
 
 // Reads and validates a file, keeping the raw bytes.
-inline npy_array read_npy(const std::string& path) {
-  const npy_header h = read_npy_header(path);
-  const std::string w = "npy '" + path + "'";
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw io_error(w + ": cannot open: " + std::strerror(errno));
-  in.seekg(std::streamoff(h.data_offset));
-  npy_array a;
-  a.dtype = h.dtype;
-  a.shape = h.shape;
-  a.data.resize(std::size_t(h.data_bytes));
-  if (!a.data.empty() && !in.read(reinterpret_cast<char*>(a.data.data()), std::streamsize(a.data.size())))
-    throw io_error(w + ": unexpected end of file in the data (file changed while reading?)");
-  return a;
-}
+PEFT_INLINE npy_array read_npy(const std::string& path);
 
 // The array's values as T (exact for '<f2' and '<f4' to float, and anything to double).
 template <std::floating_point T>
@@ -446,7 +217,272 @@ npy_array make_npy(const tensor<T>& t, npy_dtype type = npy_dtype_of<T>()) {
 }
 
 // The file image, byte for byte what numpy.save writes for this dtype and shape.
-inline std::vector<std::uint8_t> serialize_npy(const npy_array& a) {
+PEFT_INLINE std::vector<std::uint8_t> serialize_npy(const npy_array& a);
+
+// Writes the array atomically (<path>.tmp.<pid>, fsync, rename).
+PEFT_INLINE void save_npy(const std::string& path, const npy_array& a);
+template <std::floating_point T>
+void save_npy(const std::string& path, const tensor<T>& t, npy_dtype type = npy_dtype_of<T>()) {
+  save_npy(path, make_npy(t, type));
+}
+
+// ---- definitions: here (inline) for header-only programs; in the compiled library only in
+// src/io.cpp (PEFT_UNIT_IO), so that they are defined once ----
+#if !defined(PEFT_COMPILED_LIB) || defined(PEFT_UNIT_IO)
+namespace detail {
+PEFT_INLINE npy_header npy_header_parser::parse() {
+  npy_header h;
+  bool have_descr = false, have_fortran = false, have_shape = false;
+  ws();
+  expect('{', "the header must be a dict literal starting with '{'");
+  ws();
+  bool first = true;
+  while (!at('}')) {
+    if (!first) {
+      // After an entry: ',' then another entry or the closing brace (trailing comma).
+      expect(',', "expected ',' or '}' after a dict entry");
+      ws();
+      if (at('}')) break;
+    }
+    first = false;
+    const std::string key = string_literal("a dict key");
+    ws();
+    expect(':', "expected ':' after key '" + key + "'");
+    ws();
+    if (key == "descr") {
+      if (have_descr) fail("duplicate key 'descr'");
+      have_descr = true;
+      h.dtype = dtype_of(string_literal("the value of 'descr'"));
+    } else if (key == "fortran_order") {
+      if (have_fortran) fail("duplicate key 'fortran_order'");
+      have_fortran = true;
+      if (boolean())
+        fail("fortran_order is True (column-major data) and only C order is supported; save a C-contiguous "
+             "array (numpy.ascontiguousarray)");
+    } else if (key == "shape") {
+      if (have_shape) fail("duplicate key 'shape'");
+      have_shape = true;
+      h.shape = tuple();
+    } else {
+      fail("unexpected key '" + key + "' (an .npy header has exactly 'descr', 'fortran_order', 'shape')");
+    }
+    ws();
+  }
+  ++pos_;  // '}'
+  ws();
+  if (pos_ != s_.size()) fail("unexpected " + shown_char() + " after the header dict");
+  if (!have_descr) fail("missing key 'descr'");
+  if (!have_fortran) fail("missing key 'fortran_order'");
+  if (!have_shape) fail("missing key 'shape'");
+  return h;
+}
+
+PEFT_INLINE std::string npy_header_parser::shown_char() const {
+  if (pos_ >= s_.size()) return "end of header";
+  const auto c = static_cast<unsigned char>(s_[pos_]);
+  if (c >= 0x20 && c < 0x7f) return std::string("'") + char(c) + "'";
+  static const char* hex = "0123456789abcdef";
+  return std::string("byte 0x") + hex[c >> 4] + hex[c & 15];
+}
+PEFT_INLINE std::string npy_header_parser::string_literal(const std::string& what) {
+  if (!at('\'') && !at('"')) fail("expected a quoted string for " + what + ", found " + shown_char());
+  const char q = s_[pos_++];
+  const std::size_t b = pos_;
+  while (pos_ < s_.size() && s_[pos_] != q) {
+    const auto c = static_cast<unsigned char>(s_[pos_]);
+    if (c == '\\' || c < 0x20 || c >= 0x7f) fail("unsupported character in a string literal: " + shown_char());
+    ++pos_;
+  }
+  if (pos_ >= s_.size()) fail("unterminated string literal");
+  std::string out(s_.substr(b, pos_ - b));
+  ++pos_;
+  return out;
+}
+PEFT_INLINE bool npy_header_parser::word(std::string_view w) {
+  if (s_.substr(pos_, w.size()) != w) return false;
+  const std::size_t e = pos_ + w.size();
+  if (e < s_.size() && (std::isalnum(static_cast<unsigned char>(s_[e])) || s_[e] == '_')) return false;
+  pos_ = e;
+  return true;
+}
+PEFT_INLINE bool npy_header_parser::boolean() {
+  if (word("True")) return true;
+  if (word("False")) return false;
+  fail("fortran_order must be True or False, found " + shown_char());
+}
+PEFT_INLINE std::size_t npy_header_parser::integer() {
+  if (!(pos_ < s_.size() && s_[pos_] >= '0' && s_[pos_] <= '9'))
+    fail("expected a non-negative integer dimension, found " + shown_char());
+  if (s_[pos_] == '0' && pos_ + 1 < s_.size() && s_[pos_ + 1] >= '0' && s_[pos_ + 1] <= '9')
+    fail("dimension with a leading zero");
+  constexpr std::uint64_t limit = std::uint64_t(std::numeric_limits<std::int64_t>::max());
+  std::uint64_t v = 0;
+  while (pos_ < s_.size() && s_[pos_] >= '0' && s_[pos_] <= '9') {
+    const unsigned d = unsigned(s_[pos_] - '0');
+    if (v > (limit - d) / 10) fail("dimension exceeds 2^63 - 1");
+    v = v * 10 + d;
+    ++pos_;
+  }
+  if (at('L')) ++pos_;  // Python 2 long literal, as old numpy wrote
+  if (v > std::numeric_limits<std::size_t>::max()) fail("dimension does not fit in size_t");
+  return std::size_t(v);
+}
+PEFT_INLINE shape_t npy_header_parser::tuple() {
+  expect('(', "shape must be a tuple");
+  shape_t out;
+  ws();
+  if (at(')')) {
+    ++pos_;
+    return out;
+  }
+  bool comma_after_last = false;
+  for (;;) {
+    if (out.size() == npy_max_dims) fail("shape has more than " + std::to_string(npy_max_dims) + " dims");
+    out.push_back(integer());
+    ws();
+    comma_after_last = false;
+    if (at(',')) {
+      ++pos_;
+      comma_after_last = true;
+      ws();
+    }
+    if (at(')')) break;
+    if (!comma_after_last) fail("expected ',' or ')' in the shape tuple, found " + shown_char());
+  }
+  ++pos_;
+  // "(3)" is an int in Python, not a tuple.
+  if (out.size() == 1 && !comma_after_last) fail("shape (n) is not a tuple; a 1-D shape is written (n,)");
+  return out;
+}
+PEFT_INLINE npy_dtype npy_header_parser::dtype_of(const std::string& d) const {
+  if (d == "<f4") return npy_dtype::f4;
+  if (d == "<f8") return npy_dtype::f8;
+  if (d == "<f2") return npy_dtype::f2;
+  if (d.size() == 3 && (d[0] == '>' || d[0] == '!') && d[1] == 'f')
+    fail("descr '" + d + "' is big-endian; only little-endian '<f2', '<f4', '<f8' are supported");
+  fail("unsupported descr '" + d + "' (only '<f2', '<f4', '<f8': little-endian float16/32/64)");
+}
+
+PEFT_INLINE npy_header parse_npy_preamble(const std::uint8_t* b, std::size_t avail, std::uint64_t total,
+                                          const std::string& w) {
+  static constexpr std::uint8_t magic[6] = {0x93, 'N', 'U', 'M', 'P', 'Y'};
+  if (total < 10) throw io_error(w + ": file is " + std::to_string(total) + " bytes, too short for an .npy preamble");
+  if (std::memcmp(b, magic, 6) != 0) throw io_error(w + ": not an .npy file (bad magic; expected \\x93NUMPY)");
+  npy_header h;
+  h.major = b[6];
+  h.minor = b[7];
+  if (!((h.major == 1 || h.major == 2 || h.major == 3) && h.minor == 0))
+    throw io_error(w + ": unsupported .npy format version " + std::to_string(h.major) + "." + std::to_string(h.minor) +
+                   " (1.0, 2.0 or 3.0)");
+  const std::size_t len_size = h.major == 1 ? 2 : 4;
+  if (total < 8 + len_size)
+    throw io_error(w + ": file is " + std::to_string(total) + " bytes, too short for a version " +
+                   std::to_string(h.major) + ".0 preamble");
+  std::uint64_t n = 0;
+  for (std::size_t i = 0; i < len_size; ++i) n |= std::uint64_t(b[8 + i]) << (8 * i);
+  if (n > npy_max_header)
+    throw io_error(w + ": header length " + std::to_string(n) + " exceeds the limit of " +
+                   std::to_string(npy_max_header) + " bytes");
+  const std::uint64_t off = 8 + len_size + n;
+  if (off > total)
+    throw io_error(w + ": header length " + std::to_string(n) + " runs past the end of the " + std::to_string(total) +
+                   "-byte file");
+  if (off > avail) throw io_error(w + ": internal error: header not in the buffer");
+  const std::string_view text(reinterpret_cast<const char*>(b + 8 + len_size), std::size_t(n));
+  // Versions 1 and 2 are latin-1, 3 is UTF-8; the grammar above is ASCII in both.
+  npy_header parsed = npy_header_parser(text, w).parse();
+  parsed.major = h.major;
+  parsed.minor = h.minor;
+  parsed.data_offset = std::size_t(off);
+  // Byte count with overflow checks (a zero dim does not excuse the others: strides would overflow).
+  constexpr std::uint64_t limit = std::uint64_t(std::numeric_limits<std::int64_t>::max());
+  std::uint64_t bytes = npy_dtype_size(parsed.dtype);
+  bool empty = false;
+  for (auto d : parsed.shape) {
+    if (d == 0) {
+      empty = true;
+      continue;
+    }
+    if (bytes > limit / d)
+      throw io_error(w + ": shape " + shape_str(parsed.shape) + " of " + npy_dtype_name(parsed.dtype) +
+                     " overflows a 63-bit byte count");
+    bytes *= d;
+  }
+  parsed.data_bytes = empty ? 0 : bytes;
+  if (total - off != parsed.data_bytes)
+    throw io_error(w + ": shape " + shape_str(parsed.shape) + " of " + npy_dtype_name(parsed.dtype) + " needs " +
+                   std::to_string(parsed.data_bytes) + " data bytes, the file has " + std::to_string(total - off) +
+                   (total - off < parsed.data_bytes ? " (truncated)" : " (trailing bytes)"));
+  return parsed;
+}
+
+PEFT_INLINE std::string npy_header_bytes(npy_dtype t, const shape_t& shape) {
+  std::string h = "{'descr': '";
+  h += npy_dtype_name(t);
+  h += "', 'fortran_order': False, 'shape': (";
+  for (std::size_t i = 0; i < shape.size(); ++i) {
+    if (i) h += ", ";
+    h += std::to_string(shape[i]);
+  }
+  if (shape.size() == 1) h += ',';
+  h += "), }";
+  // numpy >= 1.23 leaves room to grow the first axis in place (GROWTH_AXIS_MAX_DIGITS = 21).
+  if (!shape.empty()) {
+    const std::size_t digits = std::to_string(shape[0]).size();
+    if (digits < 21) h.append(21 - digits, ' ');
+  }
+  // hlen includes the final '\n'; numpy pads to ARRAY_ALIGN = 64 (a full 64 when already aligned).
+  const std::size_t hlen = h.size() + 1;
+  const std::size_t pad = 64 - (10 + hlen) % 64;
+  h.append(pad, ' ');
+  h += '\n';
+  std::string pre("\x93NUMPY\x01\x00", 8);
+  pre += char(h.size() & 0xff);
+  pre += char((h.size() >> 8) & 0xff);
+  return pre + h;
+}
+}  // namespace detail
+
+PEFT_INLINE npy_array parse_npy(const void* data, std::size_t size, const std::string& source) {
+  const auto* b = static_cast<const std::uint8_t*>(data);
+  const std::string w = "npy '" + source + "'";
+  const npy_header h = detail::parse_npy_preamble(b, size, size, w);
+  npy_array a;
+  a.dtype = h.dtype;
+  a.shape = h.shape;
+  a.data.assign(b + h.data_offset, b + size);
+  return a;
+}
+
+PEFT_INLINE npy_header read_npy_header(const std::string& path) {
+  const std::string w = "npy '" + path + "'";
+  std::error_code ec;
+  const std::uintmax_t size = std::filesystem::file_size(path, ec);
+  if (ec) throw io_error(w + ": cannot read: " + ec.message());
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw io_error(w + ": cannot open: " + std::strerror(errno));
+  const std::size_t want = std::size_t(std::min<std::uintmax_t>(size, 12 + npy_max_header));
+  std::vector<std::uint8_t> pre(want);
+  if (want && !in.read(reinterpret_cast<char*>(pre.data()), std::streamsize(want))) throw io_error(w + ": read failed");
+  return detail::parse_npy_preamble(pre.data(), want, size, w);
+}
+
+PEFT_INLINE npy_array read_npy(const std::string& path) {
+  const npy_header h = read_npy_header(path);
+  const std::string w = "npy '" + path + "'";
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw io_error(w + ": cannot open: " + std::strerror(errno));
+  in.seekg(std::streamoff(h.data_offset));
+  npy_array a;
+  a.dtype = h.dtype;
+  a.shape = h.shape;
+  a.data.resize(std::size_t(h.data_bytes));
+  if (!a.data.empty() && !in.read(reinterpret_cast<char*>(a.data.data()), std::streamsize(a.data.size())))
+    throw io_error(w + ": unexpected end of file in the data (file changed while reading?)");
+  return a;
+}
+
+PEFT_INLINE std::vector<std::uint8_t> serialize_npy(const npy_array& a) {
   std::uint64_t n = npy_dtype_size(a.dtype);
   bool empty = false;
   for (auto d : a.shape) {
@@ -467,14 +503,10 @@ inline std::vector<std::uint8_t> serialize_npy(const npy_array& a) {
   return out;
 }
 
-// Writes the array atomically (<path>.tmp.<pid>, fsync, rename).
-inline void save_npy(const std::string& path, const npy_array& a) {
+PEFT_INLINE void save_npy(const std::string& path, const npy_array& a) {
   const auto bytes = serialize_npy(a);
   detail::write_file_atomic(path, [&](detail::file_sink& s) { s.write(bytes.data(), bytes.size()); });
 }
-template <std::floating_point T>
-void save_npy(const std::string& path, const tensor<T>& t, npy_dtype type = npy_dtype_of<T>()) {
-  save_npy(path, make_npy(t, type));
-}
+#endif  // !PEFT_COMPILED_LIB || PEFT_UNIT_IO
 
 }  // namespace peft::io

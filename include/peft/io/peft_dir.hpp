@@ -29,6 +29,7 @@
 #include "peft/adapters/inject.hpp"
 #include "peft/adapters/lora.hpp"
 #include "peft/adapters/vera.hpp"
+#include "peft/core/config.hpp"
 #include "peft/io/adapter_config.hpp"
 #include "peft/io/safetensors.hpp"
 
@@ -41,78 +42,19 @@ inline constexpr const char* peft_key_prefix = "base_model.model.";
 // ---- config <-> library settings ----
 
 // target_modules / exclude_modules as injection targets.
-inline target_modules to_target_modules(const adapter_config& c) {
-  target_modules t;
-  if (std::holds_alternative<std::monostate>(c.target_modules))
-    throw value_error("adapter_config: target_modules is null (PEFT would choose them by model architecture); "
-                      "name the target modules");
-  if (auto* l = std::get_if<std::vector<std::string>>(&c.target_modules)) t.names = *l;
-  if (auto* s = std::get_if<std::string>(&c.target_modules)) {
-    if (*s == "all-linear")
-      t.all_linear = true;
-    else
-      t.regex = *s;
-  }
-  if (auto* l = std::get_if<std::vector<std::string>>(&c.exclude_modules)) t.exclude = *l;
-  if (std::holds_alternative<std::string>(c.exclude_modules))
-    throw value_error("adapter_config: exclude_modules as a regex is not supported (use a list of names)");
-  return t;
-}
+PEFT_INLINE target_modules to_target_modules(const adapter_config& c);
 
-inline inject_options to_inject_options(const adapter_config& c) {
-  inject_options o;
-  o.targets = to_target_modules(c);
-  if (c.is_lora()) {
-    o.rank_pattern = c.rank_pattern;
-    o.alpha_pattern = c.alpha_pattern;
-  }
-  if (c.modules_to_save) o.modules_to_save = *c.modules_to_save;
-  return o;
-}
+PEFT_INLINE inject_options to_inject_options(const adapter_config& c);
 
-inline lora_config to_lora_config(const adapter_config& c, std::uint64_t seed = 0) {
-  lora_config l;
-  l.r = c.r;
-  l.alpha = c.lora_alpha;
-  l.use_rslora = c.use_rslora;
-  l.dropout = c.lora_dropout;
-  l.seed = seed;
-  return l;
-}
+PEFT_INLINE lora_config to_lora_config(const adapter_config& c, std::uint64_t seed = 0);
 
-inline vera_config to_vera_config(const adapter_config& c, std::uint64_t seed = 0) {
-  vera_config v;
-  v.r = c.r;
-  v.d_initial = c.d_initial;
-  v.dropout = c.vera_dropout;
-  v.projection_prng_key = c.projection_prng_key;
-  v.save_projection = c.save_projection;
-  v.init_weights = c.init_weights;
-  v.seed = seed;
-  return v;
-}
+PEFT_INLINE vera_config to_vera_config(const adapter_config& c, std::uint64_t seed = 0);
 
 // What in the config these adapters cannot reproduce ("" when nothing): a file asking for it is
 // refused instead of silently computing something else.
-inline std::string unsupported_setting(const adapter_config& c) {
-  if (c.fan_in_fan_out) return "fan_in_fan_out = true (Conv1D-style weights)";
-  if (c.bias != "none") return "bias = '" + c.bias + "' (only \"none\")";
-  if (std::holds_alternative<std::string>(c.exclude_modules)) return "exclude_modules as a regex";
-  // Keys kept in `extra` that change which layers are adapted or what they compute
-  // (layers_pattern only matters together with layers_to_transform).
-  for (const char* k : {"layers_to_transform", "layer_replication", "megatron_config",
-                        "target_parameters", "trainable_token_indices", "alora_invocation_tokens",
-                        "arrow_config", "use_bdlora", "lora_bias", "use_qalora"}) {
-    auto it = c.extra.find(k);
-    if (it != c.extra.end() && !it->is_null() && !(it->is_boolean() && !it->get<bool>()))
-      return std::string(k) + " = " + it->dump(-1, ' ', true, nlohmann::json::error_handler_t::replace);
-  }
-  return "";
-}
+PEFT_INLINE std::string unsupported_setting(const adapter_config& c);
 // Throws io_error naming `where` and the setting.
-inline void check_supported(const adapter_config& c, const std::string& where) {
-  if (const auto why = unsupported_setting(c); !why.empty()) throw io_error(where + ": " + why + " is not supported");
-}
+PEFT_INLINE void check_supported(const adapter_config& c, const std::string& where);
 
 // ---- the adapted layers as PEFT sees them ----
 
@@ -244,14 +186,7 @@ std::vector<std::string> saved_module_paths(nn::module<T>& model, const adapter_
   return out;
 }
 
-inline std::string regex_escape(const std::string& s) {
-  std::string out;
-  for (char ch : s) {
-    if (std::string_view("\\^$.|?*+()[]{}").find(ch) != std::string_view::npos) out += '\\';
-    out += ch;
-  }
-  return out;
-}
+PEFT_INLINE std::string regex_escape(const std::string& s);
 
 // Sets r / lora_alpha to the most common per-layer values (the smallest on a tie) and
 // rank_pattern / alpha_pattern (regex-escaped exact paths) for the other layers. `layers` is a
@@ -490,5 +425,90 @@ peft_load_result load_peft_adapter(const std::string& dir, nn::module<T>& model,
   if (!opt.trainable) model.freeze();
   return res;
 }
+
+// ---- definitions: here (inline) for header-only programs; in the compiled library only in
+// src/io.cpp (PEFT_UNIT_IO), so that they are defined once ----
+#if !defined(PEFT_COMPILED_LIB) || defined(PEFT_UNIT_IO)
+PEFT_INLINE target_modules to_target_modules(const adapter_config& c) {
+  target_modules t;
+  if (std::holds_alternative<std::monostate>(c.target_modules))
+    throw value_error("adapter_config: target_modules is null (PEFT would choose them by model architecture); "
+                      "name the target modules");
+  if (auto* l = std::get_if<std::vector<std::string>>(&c.target_modules)) t.names = *l;
+  if (auto* s = std::get_if<std::string>(&c.target_modules)) {
+    if (*s == "all-linear")
+      t.all_linear = true;
+    else
+      t.regex = *s;
+  }
+  if (auto* l = std::get_if<std::vector<std::string>>(&c.exclude_modules)) t.exclude = *l;
+  if (std::holds_alternative<std::string>(c.exclude_modules))
+    throw value_error("adapter_config: exclude_modules as a regex is not supported (use a list of names)");
+  return t;
+}
+
+PEFT_INLINE inject_options to_inject_options(const adapter_config& c) {
+  inject_options o;
+  o.targets = to_target_modules(c);
+  if (c.is_lora()) {
+    o.rank_pattern = c.rank_pattern;
+    o.alpha_pattern = c.alpha_pattern;
+  }
+  if (c.modules_to_save) o.modules_to_save = *c.modules_to_save;
+  return o;
+}
+
+PEFT_INLINE lora_config to_lora_config(const adapter_config& c, std::uint64_t seed) {
+  lora_config l;
+  l.r = c.r;
+  l.alpha = c.lora_alpha;
+  l.use_rslora = c.use_rslora;
+  l.dropout = c.lora_dropout;
+  l.seed = seed;
+  return l;
+}
+
+PEFT_INLINE vera_config to_vera_config(const adapter_config& c, std::uint64_t seed) {
+  vera_config v;
+  v.r = c.r;
+  v.d_initial = c.d_initial;
+  v.dropout = c.vera_dropout;
+  v.projection_prng_key = c.projection_prng_key;
+  v.save_projection = c.save_projection;
+  v.init_weights = c.init_weights;
+  v.seed = seed;
+  return v;
+}
+
+PEFT_INLINE std::string unsupported_setting(const adapter_config& c) {
+  if (c.fan_in_fan_out) return "fan_in_fan_out = true (Conv1D-style weights)";
+  if (c.bias != "none") return "bias = '" + c.bias + "' (only \"none\")";
+  if (std::holds_alternative<std::string>(c.exclude_modules)) return "exclude_modules as a regex";
+  // Keys kept in `extra` that change which layers are adapted or what they compute
+  // (layers_pattern only matters together with layers_to_transform).
+  for (const char* k : {"layers_to_transform", "layer_replication", "megatron_config",
+                        "target_parameters", "trainable_token_indices", "alora_invocation_tokens",
+                        "arrow_config", "use_bdlora", "lora_bias", "use_qalora"}) {
+    auto it = c.extra.find(k);
+    if (it != c.extra.end() && !it->is_null() && !(it->is_boolean() && !it->get<bool>()))
+      return std::string(k) + " = " + it->dump(-1, ' ', true, nlohmann::json::error_handler_t::replace);
+  }
+  return "";
+}
+PEFT_INLINE void check_supported(const adapter_config& c, const std::string& where) {
+  if (const auto why = unsupported_setting(c); !why.empty()) throw io_error(where + ": " + why + " is not supported");
+}
+
+namespace detail {
+PEFT_INLINE std::string regex_escape(const std::string& s) {
+  std::string out;
+  for (char ch : s) {
+    if (std::string_view("\\^$.|?*+()[]{}").find(ch) != std::string_view::npos) out += '\\';
+    out += ch;
+  }
+  return out;
+}
+}  // namespace detail
+#endif  // !PEFT_COMPILED_LIB || PEFT_UNIT_IO
 
 }  // namespace peft::io
