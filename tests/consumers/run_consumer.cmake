@@ -1,5 +1,5 @@
 # Builds and runs one consumer project (cmake -P script, driven by ctest).
-#   MODE            find_package | add_subdirectory
+#   MODE            find_package | add_subdirectory | headers_only (install of an unbuilt tree)
 #   PEFT_SOURCE_DIR peft's source tree
 #   PEFT_BINARY_DIR peft's build tree (find_package mode: installed into WORK_DIR/prefix)
 #   CONSUMERS_DIR   tests/consumers
@@ -37,6 +37,14 @@ if(MODE STREQUAL "find_package")
   run_step("configure" ${CMAKE_COMMAND} ${configure_args} -DCMAKE_PREFIX_PATH=${prefix}
            -DCMAKE_FIND_USE_PACKAGE_REGISTRY=OFF -DCMAKE_FIND_USE_SYSTEM_PACKAGE_REGISTRY=OFF
            -DPEFT_EXPECTED_PREFIX=${prefix})
+elseif(MODE STREQUAL "headers_only")
+  # Configure peft (nothing built), install, consume.
+  set(prefix ${WORK_DIR}/prefix)
+  run_step("configure peft" ${CMAKE_COMMAND} -S ${PEFT_SOURCE_DIR} -B ${WORK_DIR}/peft -G ${GENERATOR}
+           -DCMAKE_CXX_COMPILER=${CXX_COMPILER} -DCMAKE_BUILD_TYPE=Release)
+  run_step("cmake --install (unbuilt)" ${CMAKE_COMMAND} --install ${WORK_DIR}/peft --prefix ${prefix})
+  run_step("configure" ${CMAKE_COMMAND} ${configure_args} -DCMAKE_PREFIX_PATH=${prefix}
+           -DCMAKE_FIND_USE_PACKAGE_REGISTRY=OFF -DCMAKE_FIND_USE_SYSTEM_PACKAGE_REGISTRY=OFF)
 elseif(MODE STREQUAL "add_subdirectory")
   run_step("configure" ${CMAKE_COMMAND} ${configure_args} -DPEFT_SOURCE_DIR=${PEFT_SOURCE_DIR})
 else()
