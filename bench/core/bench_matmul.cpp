@@ -15,6 +15,7 @@
 
 #include <Eigen/Core>
 #include <cstdint>
+#include <tuple>
 #include <vector>
 
 #include "peft/autograd/ops/matmul.hpp"
@@ -37,6 +38,15 @@ void set_flops(benchmark::State& state, std::int64_t n) {
       benchmark::Counter(flops * double(state.iterations()), benchmark::Counter::kIsRate);
 }
 
+// Random n x n A and B (seed 1) and an output buffer C, as plain vectors.
+std::tuple<std::vector<float>, std::vector<float>, std::vector<float>> square_operands(std::size_t n) {
+  peft::rng g(1);
+  std::vector<float> a(n * n), b(n * n), c(n * n);
+  for (auto& v : a) v = float(g.normal());
+  for (auto& v : b) v = float(g.normal());
+  return {std::move(a), std::move(b), std::move(c)};
+}
+
 void BM_Matmul(benchmark::State& state) {
   const auto n = std::size_t(state.range(0));
   peft::set_num_threads(int(state.range(1)));
@@ -55,10 +65,7 @@ void BM_Matmul(benchmark::State& state) {
 void BM_EigenGemm(benchmark::State& state) {
   const auto n = Eigen::Index(state.range(0));
   peft::set_num_threads(int(state.range(1)));
-  peft::rng g(1);
-  std::vector<float> a(std::size_t(n * n)), b(std::size_t(n * n)), c(std::size_t(n * n));
-  for (auto& v : a) v = float(g.normal());
-  for (auto& v : b) v = float(g.normal());
+  auto [a, b, c] = square_operands(std::size_t(n));
   using map = Eigen::Map<Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>;
   const map A(a.data(), n, n), B(b.data(), n, n);
   map C(c.data(), n, n);
@@ -74,10 +81,7 @@ void BM_EigenGemm(benchmark::State& state) {
 void BM_Gemm(benchmark::State& state) {
   const auto n = std::ptrdiff_t(state.range(0));
   peft::set_num_threads(int(state.range(1)));
-  peft::rng g(1);
-  std::vector<float> a(std::size_t(n * n)), b(std::size_t(n * n)), c(std::size_t(n * n));
-  for (auto& v : a) v = float(g.normal());
-  for (auto& v : b) v = float(g.normal());
+  auto [a, b, c] = square_operands(std::size_t(n));
   using peft::detail::trans;
   for (auto _ : state) {
     peft::detail::gemm<float>(trans::n, trans::n, n, n, n, 1.f, a.data(), n, b.data(), n, 0.f,
@@ -94,10 +98,7 @@ void BM_Gemm(benchmark::State& state) {
 void BM_DnnlSgemm(benchmark::State& state) {
   const auto n = dnnl_dim_t(state.range(0));
   omp_set_num_threads(int(state.range(1)));
-  peft::rng g(1);
-  std::vector<float> a(std::size_t(n * n)), b(std::size_t(n * n)), c(std::size_t(n * n));
-  for (auto& v : a) v = float(g.normal());
-  for (auto& v : b) v = float(g.normal());
+  auto [a, b, c] = square_operands(std::size_t(n));
   for (auto _ : state) {
     dnnl_sgemm('N', 'N', n, n, n, 1.f, a.data(), n, b.data(), n, 0.f, c.data(), n);
     benchmark::DoNotOptimize(c.data());

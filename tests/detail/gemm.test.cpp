@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "peft/core/random.hpp"
@@ -130,6 +131,8 @@ TEST_CASE("gemm: the compiled-in backend agrees with Eigen's kernel within fp32 
       peft::detail::gemm<float>(ta, tb, m, n, k, 1.f, a.data(), lda, b.data(), ldb, 0.f, again.data(), n);
       peft::detail::gemm_eigen<float>(ta, tb, m, n, k, 1.f, a.data(), lda, b.data(), ldb, ref.data(), n);
       CHECK(std::memcmp(c.data(), again.data(), c.size() * sizeof(float)) == 0);
+      // With the Eigen backend gemm is gemm_eigen: only the run-to-run bits say something.
+      if (std::string(peft::detail::gemm_backend()) == "eigen") continue;
       // |error| of a k-term fp32 dot product: a few ulp of sqrt(k) (entries ~ N(0, k)).
       double worst = 0;
       for (std::size_t i = 0; i < c.size(); ++i) worst = std::max(worst, double(std::abs(c[i] - ref[i])));

@@ -69,11 +69,13 @@ void gemm(trans ta, trans tb, gemm_index m, gemm_index n, gemm_index k, T alpha,
       throw value_error("gemm (onednn): dnnl_sgemm failed with status " +
                         std::to_string(int(st)) + " for m=" + std::to_string(m) +
                         " n=" + std::to_string(n) + " k=" + std::to_string(k));
-    return;
-  }
+  } else
 #endif
-  if (beta != T(1)) scale_c();
-  gemm_eigen<T>(ta, tb, m, n, k, alpha, a, lda, b, ldb, c, ldc);
+  {
+    // (In the else branch: with oneDNN, float instantiates no Eigen kernel here.)
+    if (beta != T(1)) scale_c();
+    gemm_eigen<T>(ta, tb, m, n, k, alpha, a, lda, b, ldb, c, ldc);
+  }
 }
 
 template <class T>
