@@ -28,11 +28,3 @@
 #else
 #define PEFT_INLINE inline
 #endif
-
-// Explicit instantiation declarations for float and double of a heavy template; emitted only in
-// compiled mode (the definitions are in src/, under PEFT_INSTANTIATE_TEMPLATES).
-#if defined(PEFT_COMPILED_LIB)
-#define PEFT_EXTERN_TEMPLATE(...) extern template __VA_ARGS__;
-#else
-#define PEFT_EXTERN_TEMPLATE(...)
-#endif

@@ -67,10 +67,8 @@ variable<T> matmul(const variable<T>& a, const variable<T>& b) {
   const gi a_step = shared_left ? 0 : M * K, b_step = K * N, y_step = M * N;
 
   tensor<T> y = tensor<T>::from_shape(sy);
-  // An empty output has nothing to compute (and gemm_batched refuses a zero C stride).
-  if (y_step > 0)
-    detail::gemm_batched<T>(trans::n, trans::n, M, N, K, T(1), a.value().data(), K, a_step,
-                            b.value().data(), N, b_step, T(0), y.data(), N, y_step, NB);
+  detail::gemm_batched<T>(trans::n, trans::n, M, N, K, T(1), a.value().data(), K, a_step,
+                          b.value().data(), N, b_step, T(0), y.data(), N, y_step, NB);
   return make_result<T>(
       std::move(y), {a, b}, "matmul",
       [NB, M, K, N, shared_left, a_step, b_step, y_step](node<T>& self) {
